@@ -1,0 +1,198 @@
+"""The two towers. Pure torch: the service rebuilds them from the bundle with this file only.
+
+Score(user, item) = <user_tower(user), item_tower(item)>, exactly what a FAISS
+inner-product index computes.
+
+Item tower: item-id embedding + item-feature embeddings -> residual MLP -> d.
+Id 0 is the unknown item, so a new item is embedded from its features alone.
+
+User tower: the sum of up to three branches, any of which may be absent:
+  features  categorical user features -> MLP -> d
+  sequence  the recent items' *item-tower vectors* (shared with the item side), behind a
+            learned BOS vector, through a GRU (GRU4Rec-style) or causal self-attention
+            (SASRec-style); every position predicts the next item
+  user id   an embedding for users known at training time (classic DSSM/NCF)
+Sequences are right-padded: both encoders are causal, so a valid position never sees the
+padding after it and no padding mask is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from training.features import FeatureSpec
+
+Encoder = Literal["sasrec", "gru", "none"]
+
+
+@dataclass
+class TowerConfig:
+    n_items: int
+    n_users: int = 0
+    dim: int = 64
+    encoder: Encoder = "sasrec"
+    max_len: int = 50  # recent items fed to the sequence encoder
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    user_id_embedding: bool = False
+    user_features: list[dict] = field(default_factory=list)  # FeatureSpec.to_dict()
+    item_features: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TowerConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def specs(self, side: Literal["user", "item"]) -> list[FeatureSpec]:
+        raw = self.user_features if side == "user" else self.item_features
+        return [FeatureSpec.from_dict(d) for d in raw]
+
+
+class FeatureEmbedding(nn.Module):
+    """Sum of one embedding per feature; ``multi`` features are averaged bags (0 = pad)."""
+
+    def __init__(self, specs: list[FeatureSpec], dim: int):
+        super().__init__()
+        self.kinds = {s.name: s.kind for s in specs}
+        self.tables = nn.ModuleDict(
+            {s.name: nn.Embedding(s.cardinality, dim, padding_idx=0) for s in specs}
+        )
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = 0
+        for name, table in self.tables.items():
+            x = table(feats[name])
+            if self.kinds[name] == "multi":  # [N, bag, d] -> mean over non-padding
+                count = (feats[name] > 0).sum(-1, keepdim=True).clamp(min=1)
+                x = x.sum(1) / count
+            total = total + x
+        return total
+
+
+def mlp(dim: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
+        nn.Linear(2 * dim, dim),
+    )
+
+
+class ItemTower(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.ids = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        self.features = FeatureEmbedding(cfg.specs("item"), cfg.dim)
+        self.mlp = mlp(cfg.dim, cfg.dropout)
+        nn.init.normal_(self.ids.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """ids: [N] in 1..n_items (0 = unknown item); feats: encoded item features."""
+        x = self.ids(ids) + self.features(feats)
+        return x + self.mlp(x)
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.n_heads, 2 * cfg.dim, cfg.dropout, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        self.layers = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        x = self.dropout(x + self.positions.weight[:length])
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=x.device)
+        return self.norm(self.layers(x, mask=causal, is_causal=True))
+
+
+class GRU4Rec(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.gru = nn.GRU(cfg.dim, cfg.dim, num_layers=1, batch_first=True)
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.gru(self.dropout(x))
+        return self.out(h)
+
+
+class UserTower(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        specs = cfg.specs("user")
+        self.features = FeatureEmbedding(specs, cfg.dim) if specs else None
+        self.feature_mlp = mlp(cfg.dim, cfg.dropout) if specs else None
+        encoders = {"sasrec": SASRec, "gru": GRU4Rec}
+        self.encoder = encoders[cfg.encoder](cfg) if cfg.encoder != "none" else None
+        self.bos = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+        self.user_ids = nn.Embedding(cfg.n_users + 1, cfg.dim, padding_idx=0) \
+            if cfg.user_id_embedding else None
+
+    def encode_sequence(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq: [B, L, d] item vectors, right-padded -> [B, L + 1, d] states after BOS + each."""
+        bos = self.bos.expand(seq.shape[0], 1, -1)
+        return self.encoder(torch.cat([bos, seq], dim=1))
+
+    def encode_features(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.features(feats)
+        return x + self.feature_mlp(x)
+
+    def forward(
+        self,
+        feats: dict[str, torch.Tensor] | None = None,
+        seq: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        user_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One vector per user from whichever inputs are given -> [B, d].
+
+        seq/lengths: right-padded item vectors [B, L, d] and valid lengths [B] (0 allowed);
+        the state after the last valid item is used. feats: encoded user features.
+        user_ids: 1-based known-user ids (0 = unknown).
+        """
+        parts = []
+        if seq is not None and self.encoder is not None:
+            states = self.encode_sequence(seq)
+            parts.append(states[torch.arange(seq.shape[0]), lengths])
+        if feats is not None and self.features is not None:
+            parts.append(self.encode_features(feats))
+        if user_ids is not None and self.user_ids is not None:
+            parts.append(self.user_ids(user_ids))
+        if not parts:
+            raise ValueError("the user tower needs features, a sequence or a user id")
+        return torch.stack(parts).sum(0)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_tower = ItemTower(cfg)
+        self.user_tower = UserTower(cfg)
+
+
+def feature_tensors(specs: list[FeatureSpec], rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Encode raw feature dicts (one per user or item) into the tensors the towers take."""
+    out = {}
+    for spec in specs:
+        encoded = [spec.encode(row.get(spec.name))[0] for row in rows]
+        if spec.kind == "multi":
+            width = max((len(ids) for ids in encoded), default=1) or 1
+            padded = [ids + [0] * (width - len(ids)) for ids in encoded]
+            out[spec.name] = torch.tensor(padded, dtype=torch.long).reshape(len(rows), width)
+        else:
+            out[spec.name] = torch.tensor([ids[0] for ids in encoded], dtype=torch.long)
+    return out
