@@ -1,0 +1,59 @@
+"""Leave-one-out by time: per user, the last interaction is the test target, the one
+before it the validation target, the rest is training history.
+
+Each user's interactions are ordered by timestamp with ties kept in file order (a
+stable sort), so the split is deterministic. Users with fewer than 3 interactions
+keep everything in train and are not evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from training.data.base import Dataset
+
+Stage = Literal["valid", "test"]
+
+
+@dataclass
+class Split:
+    n_items: int
+    train: list[np.ndarray]  # per user, item ids in time order
+    valid: np.ndarray  # int64[n_users], -1 if not evaluated
+    test: np.ndarray  # int64[n_users], -1 if not evaluated
+
+    @property
+    def n_users(self) -> int:
+        return len(self.train)
+
+    def history(self, stage: Stage) -> list[np.ndarray]:
+        """What a model may see before predicting ``stage``: train, plus the validation
+        item when predicting test."""
+        if stage == "valid":
+            return self.train
+        if stage != "test":
+            raise ValueError(f"stage must be 'valid' or 'test', not {stage!r}")
+        pairs = zip(self.train, self.valid, strict=True)
+        return [np.append(seq, v) if v >= 0 else seq for seq, v in pairs]
+
+    def targets(self, stage: Stage) -> np.ndarray:
+        return {"valid": self.valid, "test": self.test}[stage]
+
+    def eval_users(self, stage: Stage) -> np.ndarray:
+        return np.flatnonzero(self.targets(stage) >= 0)
+
+
+def leave_one_out(ds: Dataset) -> Split:
+    order = np.lexsort((np.arange(len(ds.users)), ds.timestamps, ds.users))
+    users, items = ds.users[order], ds.items[order].astype(np.int64)
+    bounds = np.searchsorted(users, np.arange(ds.n_users + 1))
+    train, valid, test = [], np.full(ds.n_users, -1, np.int64), np.full(ds.n_users, -1, np.int64)
+    for u in range(ds.n_users):
+        seq = items[bounds[u]:bounds[u + 1]]
+        if len(seq) >= 3:
+            seq, valid[u], test[u] = seq[:-2], seq[-2], seq[-1]
+        train.append(seq)
+    return Split(n_items=ds.n_items, train=train, valid=valid, test=test)
