@@ -1,0 +1,72 @@
+"""App factory. ``uvicorn service.app:app`` serves ``create_app()`` with settings from the
+environment; tests call ``create_app(Settings(...))``.
+
+The bundle is loaded in the lifespan (startup), not at import: a missing bundle leaves
+the process up with /readyz reporting why, and the watcher loads it once it appears.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from service.config import Settings
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import admin, docs, events, health, items, recommend
+from service.runtime import Runtime
+from service.security import BodySizeLimitMiddleware, require_api_key
+
+DESCRIPTION = """Candidate retrieval: a two-tower user encoder + a FAISS inner-product index.
+
+`/recommend` resolves explicit `features` / `recent_items` first, then the server-side
+state of a `user_id` (bundle profile + `/events`), else popularity. Set the `X-API-Key`
+header when the server has `API_KEY` set.
+"""
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("service")
+    logger.setLevel(level.upper())
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    _configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime = Runtime(settings, metrics)
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="towerrec", version="0.1.0", description=DESCRIPTION,
+                  lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.metrics = metrics
+
+    protected = [Depends(require_api_key)]
+    app.include_router(health.public)
+    app.include_router(health.protected)
+    app.include_router(recommend.router, dependencies=protected)
+    app.include_router(items.router, dependencies=protected)
+    app.include_router(events.router, dependencies=protected)
+    app.include_router(admin.router)
+    app.include_router(docs.build_router([] if settings.public_docs else protected))
+
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+app = create_app()

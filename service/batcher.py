@@ -1,0 +1,119 @@
+"""Runs engine work off the event loop, coalescing concurrent requests into one batch.
+
+All CPU work (user-tower forward pass and index search) happens on one dedicated compute
+thread, so the event loop stays free for I/O. With ``MICROBATCH`` on, requests that
+arrive while a batch is computing wait in a queue and go together as the next batch: one
+forward pass and one search for all of them. ``BATCH_WINDOW_MS`` optionally waits a
+little longer for more requests before a batch starts (0 = never wait: at low load a
+request runs alone at once, at high load batches form by themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from service.engine import Engine, Job, JobResult
+from service.metrics import Metrics
+
+log = logging.getLogger("service.batcher")
+
+
+class _Ticket:
+    __slots__ = ("engine", "jobs", "future")
+
+    def __init__(self, engine: Engine, jobs: list[Job], future: asyncio.Future):
+        self.engine, self.jobs, self.future = engine, jobs, future
+
+
+class Batcher:
+    def __init__(self, metrics: Metrics, *, enabled: bool, window_s: float, max_batch: int,
+                 torch_threads: int = 1):
+        self.metrics = metrics
+        self.enabled, self.window_s, self.max_batch = enabled, window_s, max_batch
+        self.torch_threads = torch_threads
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="towerrec-compute",
+                                           initializer=self._init_thread)
+        self._queue: asyncio.Queue[_Ticket] | None = None
+        self._task: asyncio.Task | None = None
+
+    def _init_thread(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.torch_threads)
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _observe(self, size: int, timing) -> None:
+        self.metrics.batch_size.observe(size)
+        if timing.encoded:
+            self.metrics.inference.observe(timing.inference_s)
+        self.metrics.search.observe(timing.search_s)
+
+    async def run(self, engine: Engine, jobs: list[Job]) -> list[JobResult]:
+        """Results for ``jobs`` (in order), computed together with any concurrent work."""
+        if not jobs:
+            return []
+        loop = asyncio.get_running_loop()
+        if not self.enabled or self._queue is None:
+            results, timing = await loop.run_in_executor(self.executor, engine.run, jobs)
+            self._observe(len(jobs), timing)
+            return results
+        future = loop.create_future()
+        self._queue.put_nowait(_Ticket(engine, jobs, future))
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        assert queue is not None
+        while True:
+            tickets = [await queue.get()]
+            size = len(tickets[0].jobs)
+            if self.window_s > 0 and size < self.max_batch:
+                await asyncio.sleep(self.window_s)
+            while size < self.max_batch and not queue.empty():
+                ticket = queue.get_nowait()
+                tickets.append(ticket)
+                size += len(ticket.jobs)
+            by_engine: dict[int, list[_Ticket]] = {}
+            for ticket in tickets:
+                if not ticket.future.cancelled():
+                    by_engine.setdefault(id(ticket.engine), []).append(ticket)
+            for group in by_engine.values():
+                jobs = [job for ticket in group for job in ticket.jobs]
+                try:
+                    results, timing = await loop.run_in_executor(
+                        self.executor, group[0].engine.run, jobs)
+                except asyncio.CancelledError:
+                    for ticket in group:
+                        if not ticket.future.done():
+                            ticket.future.cancel()
+                    raise
+                except Exception as e:  # noqa: BLE001 - hand the failure to each request
+                    log.exception("batch of %d failed", len(jobs))
+                    for ticket in group:
+                        if not ticket.future.done():
+                            ticket.future.set_exception(e)
+                    continue
+                self._observe(len(jobs), timing)
+                pos = 0
+                for ticket in group:
+                    n = len(ticket.jobs)
+                    if not ticket.future.done():
+                        ticket.future.set_result(results[pos:pos + n])
+                    pos += n

@@ -1,0 +1,237 @@
+"""User-vector cache: Redis (shared, with a circuit breaker) or a bounded in-process LRU.
+
+Keys: ``<prefix><model version>:u:<user_id>`` for requests resolved from a user id,
+``<prefix><model version>:h:<sha256>`` for explicit features / recent items. Values are
+the raw float32 bytes of the vector. The model version is part of the key, so a new
+model never reads a vector of an old one.
+
+Redis trouble (down, slow, erroring) never fails a request: the call raises
+``CacheUnavailable`` inside this module, the caller computes without the cache, the
+failure is counted (``towerrec_cache_errors_total``) and logged at most once per
+interval, and Redis is skipped for ``REDIS_RETRY_S`` before one probe request tries it
+again (so requests do not each pay the socket timeout while Redis is down).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("service.cache")
+
+# Compare-and-set of a user-id vector: written only if the user's event list is still
+# the one the vector was computed from (an /events call in between wins).
+_SET_IF_HISTORY = """
+local h = redis.call('LRANGE', KEYS[1], 0, -1)
+if redis.sha1hex(table.concat(h, '\\31')) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+class CacheUnavailable(Exception):
+    """Redis could not be used for this call (breaker open, timeout, connection error)."""
+
+
+def history_fingerprint(items: list[str]) -> str:
+    return hashlib.sha1("\x1f".join(items).encode()).hexdigest()
+
+
+def input_digest(features: dict[str, Any] | None, recent_items: list[str]) -> str:
+    """SHA-256 of the canonical JSON of the explicit inputs (features + recent items)."""
+    canonical = json.dumps(
+        {"features": features or {}, "recent_items": recent_items},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def to_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def from_bytes(raw: bytes, dim: int) -> np.ndarray | None:
+    if len(raw) != 4 * dim:
+        return None  # a foreign or truncated value: treat as a miss
+    return np.frombuffer(raw, dtype=np.float32)
+
+
+class RedisLink:
+    """One redis.asyncio client behind a circuit breaker shared by the cache and history."""
+
+    def __init__(self, url: str, *, timeout_s: float, retry_s: float, log_interval_s: float,
+                 on_error: Callable[[], None] = lambda: None):
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.url = url
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=False,
+        )
+        self.retry_s = retry_s
+        self.log_interval_s = log_interval_s
+        self.on_error = on_error
+        self._open_until = 0.0
+        self._probing = False
+        self._last_log = -1e18
+        self.last_error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self._open_until == 0.0
+
+    def _allowed(self) -> bool:
+        if self._open_until == 0.0:
+            return True
+        if time.monotonic() < self._open_until or self._probing:
+            return False
+        self._probing = True  # one request probes; the others keep skipping Redis
+        return True
+
+    async def run(self, call: Callable[[], Awaitable[Any]], *, force: bool = False) -> Any:
+        """Await ``call()`` unless the breaker is open (``force`` ignores the breaker)."""
+        if not force and not self._allowed():
+            raise CacheUnavailable(self.last_error or "redis unavailable")
+        try:
+            result = await call()
+        except Exception as e:  # noqa: BLE001 - any Redis failure degrades, never fails
+            self._fail(e)
+            raise CacheUnavailable(str(e)) from e
+        if self._open_until:
+            log.warning("redis at %s is reachable again", self.url)
+        self._open_until = 0.0
+        self._probing = False
+        self.last_error = None
+        return result
+
+    def _fail(self, error: Exception) -> None:
+        self._probing = False
+        self._open_until = time.monotonic() + self.retry_s
+        self.last_error = f"{type(error).__name__}: {error}"
+        self.on_error()
+        now = time.monotonic()
+        if now - self._last_log >= self.log_interval_s:
+            self._last_log = now
+            log.warning("redis at %s failed (%s); serving without it, retrying every %.1fs",
+                        self.url, self.last_error, self.retry_s)
+
+    async def ping(self, *, force: bool = False) -> tuple[bool, str]:
+        try:
+            await self.run(self.client.ping, force=force)
+        except CacheUnavailable as e:
+            return False, f"redis unreachable: {e}"
+        return True, "ok"
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class VectorCache:
+    """Interface. ``get`` returns (bytes or None, status); status is hit | miss | off."""
+
+    enabled = True
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def key(self, version: str, kind: str, ident: str) -> str:
+        return f"{self.prefix}{version}:{kind}:{ident}"
+
+    async def get(self, key: str) -> tuple[bytes | None, str]:
+        raise NotImplementedError
+
+    async def set(self, key: str, value: bytes, *, history_key: str | None = None,
+                  history_fp: str | None = None) -> None:
+        raise NotImplementedError
+
+    async def ping(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    async def close(self) -> None:
+        return None
+
+
+class NullCache(VectorCache):
+    enabled = False
+
+    async def get(self, key: str) -> tuple[bytes | None, str]:
+        return None, "off"
+
+    async def set(self, key: str, value: bytes, **_: Any) -> None:
+        return None
+
+
+class LocalCache(VectorCache):
+    """Bounded in-process LRU with per-entry TTL (the default without REDIS_URL)."""
+
+    def __init__(self, prefix: str, *, size: int, ttl_s: float,
+                 history_fp: Callable[[str], str] | None = None):
+        super().__init__(prefix)
+        self.size, self.ttl_s = size, ttl_s
+        self.history_fp = history_fp
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get(self, key: str) -> tuple[bytes | None, str]:
+        entry = self._data.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            if entry is not None:
+                del self._data[key]
+            return None, "miss"
+        self._data.move_to_end(key)
+        return entry[1], "hit"
+
+    async def set(self, key: str, value: bytes, *, history_key: str | None = None,
+                  history_fp: str | None = None) -> None:
+        if history_key is not None and self.history_fp is not None \
+                and self.history_fp(history_key) != history_fp:
+            return  # the user's events changed while the vector was computed
+        self._data[key] = (time.monotonic() + self.ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self._data.pop(key, None)
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+
+class RedisCache(VectorCache):
+    def __init__(self, link: RedisLink, prefix: str, *, ttl_s: int):
+        super().__init__(prefix)
+        self.link, self.ttl_s = link, ttl_s
+        self._cas = link.client.register_script(_SET_IF_HISTORY)
+
+    async def get(self, key: str) -> tuple[bytes | None, str]:
+        try:
+            raw = await self.link.run(lambda: self.link.client.get(key))
+        except CacheUnavailable:
+            return None, "off"
+        return raw, "hit" if raw is not None else "miss"
+
+    async def set(self, key: str, value: bytes, *, history_key: str | None = None,
+                  history_fp: str | None = None) -> None:
+        try:
+            if history_key is None:
+                await self.link.run(lambda: self.link.client.set(key, value, ex=self.ttl_s))
+            else:
+                await self.link.run(lambda: self._cas(
+                    keys=[history_key, key], args=[history_fp, value, self.ttl_s]))
+        except CacheUnavailable:
+            pass
+
+    async def ping(self) -> tuple[bool, str]:
+        return await self.link.ping()

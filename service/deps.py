@@ -1,0 +1,21 @@
+"""Request-scoped dependencies: the runtime and the engine a request uses from start to end."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+
+from service.engine import Engine
+from service.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_engine(request: Request) -> Engine:
+    """The current engine, read once per request (a reload swaps it for later requests)."""
+    runtime: Runtime = request.app.state.runtime
+    engine = runtime.engine
+    if engine is None:
+        raise HTTPException(503, f"no model loaded: {runtime.load_error or 'still loading'}")
+    return engine

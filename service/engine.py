@@ -1,0 +1,270 @@
+"""The loaded model: one bundle version's user tower, item index and catalog lookups.
+
+An ``Engine`` is immutable once built. The app holds a single reference to the current
+one and swaps it on reload; a request reads that reference once and uses the same engine
+from start to end, so a reload never mixes two versions inside one answer.
+
+Only ``training.model``, ``training.features`` and ``training.bundle`` are imported from
+training (no data loading, losses or training loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import bundle
+from training.bundle import BundleError
+from training.features import FeatureSpec
+from training.model import TowerConfig, feature_tensors
+
+log = logging.getLogger("service.engine")
+
+
+@dataclass
+class Query:
+    """What the user tower sees for one request."""
+
+    features: dict[str, Any] = field(default_factory=dict)  # raw values; missing = unknown
+    sequence: list[int] = field(default_factory=list)  # internal item ids, newest last
+    user_index: int = 0  # 1-based known-user id for the id embedding; 0 = unknown
+
+
+@dataclass
+class Job:
+    """One row of a micro-batch: encode (if ``vector`` is None) then search."""
+
+    query: Query | None
+    vector: np.ndarray | None
+    k: int
+    exclude: set[int]
+    allowed: Subset | None = None  # metadata filter: search only these items
+
+
+@dataclass
+class Subset:
+    """Items passing a metadata filter: bool mask, their ids and vectors (exact search)."""
+
+    mask: np.ndarray
+    ids: np.ndarray
+    vectors: np.ndarray
+    scale: np.ndarray | None  # 1/|v| when the index is normalised (cosine scores)
+
+
+@dataclass
+class JobResult:
+    vector: np.ndarray
+    ids: list[int]
+    scores: list[float]
+
+
+@dataclass
+class BatchTiming:
+    inference_s: float = 0.0
+    search_s: float = 0.0
+    encoded: int = 0
+
+
+def bundle_stamp(path: str | Path) -> tuple[str, int, int]:
+    """What the reload watcher compares: resolved version dir + manifest mtime/size (the
+    index build rewrites the manifest of the same version in place)."""
+    real = bundle.resolve(path)
+    st = (real / bundle.MANIFEST).stat()
+    return str(real), st.st_mtime_ns, st.st_size
+
+
+class Engine:
+    def __init__(self, path: str | Path, *, faiss_threads: int = 1, mmap: bool = True):
+        from index import ItemIndex  # the index package owns the index files
+
+        started = time.perf_counter()
+        self.stamp = bundle_stamp(path)
+        self.path = Path(self.stamp[0])
+        self.manifest = bundle.read_manifest(self.path)
+        self.version: str = self.manifest["version"]
+        self.cfg = TowerConfig.from_dict(self.manifest["model"])
+        self.tower = bundle.load_towers(self.path).user_tower.eval()
+        self.index = ItemIndex.load(self.path, mmap=mmap, threads=faiss_threads)
+        if self.index.dim != self.cfg.dim:
+            raise BundleError(f"{self.path}: index dim {self.index.dim} != model dim "
+                              f"{self.cfg.dim}")
+        self.specs: list[FeatureSpec] = self.cfg.specs("user")
+        self.spec_by_name = {s.name: s for s in self.specs}
+        self.has_sequence = self.tower.encoder is not None
+        self.has_features = self.tower.features is not None
+        self.has_user_ids = self.tower.user_ids is not None
+        self.item_ids: list[str] = list(self.index.item_ids)
+        self.n_items = len(self.item_ids)
+        self._internal = {ext: i for i, ext in enumerate(self.item_ids)
+                          if self.index.is_active(i)}
+        self.active_count = len(self._internal)
+
+        self.users: dict[str, tuple[int, dict[str, Any], list[int]]] = {}
+        for u, row in enumerate(bundle.load_json(self.path, bundle.USERS)):
+            history = [self._internal[i] for i in row.get("history", []) if i in self._internal]
+            self.users[str(row["id"])] = (u + 1, row.get("features") or {}, history)
+        self.popular_ids: list[int] = [
+            self._internal[i] for i in bundle.load_json(self.path, bundle.POPULARITY)
+            if i in self._internal
+        ]
+        self._meta: list[dict[str, Any]] = [self._metadata(i) for i in range(self.n_items)]
+        self.genres: dict[str, np.ndarray] = {}
+        for i, meta in enumerate(self._meta):
+            for g in meta["genres"]:
+                self.genres.setdefault(g, np.zeros(self.n_items, dtype=bool))[i] = True
+        self._active_mask = np.zeros(self.n_items, dtype=bool)
+        self._active_mask[list(self._internal.values())] = True
+        self._filter_cache: OrderedDict[frozenset[str], Subset] = OrderedDict()
+        self.load_seconds = time.perf_counter() - started
+        self.loaded_at = time.time()
+
+    # --- catalog ------------------------------------------------------------------------
+    def _metadata(self, i: int) -> dict[str, Any]:
+        meta = self.index.metadata(i)
+        return {"id": self.item_ids[i], "title": meta.get("title"),
+                "genres": list(meta.get("genres") or [])}
+
+    def internal(self, item_id: str) -> int | None:
+        """Internal id of an active catalog item, None for unknown / removed ids."""
+        return self._internal.get(item_id)
+
+    def item(self, i: int) -> dict[str, Any]:
+        return self._meta[i]
+
+    def is_active(self, i: int) -> bool:
+        return bool(self._active_mask[i])
+
+    def genre_filter(self, genres: list[str]) -> Subset:
+        """The active items having any of ``genres``, with their vectors (cached)."""
+        key = frozenset(genres)
+        subset = self._filter_cache.get(key)
+        if subset is None:
+            mask = np.zeros(self.n_items, dtype=bool)
+            for g in key:
+                if g in self.genres:
+                    mask |= self.genres[g]
+            mask &= self._active_mask
+            ids = np.flatnonzero(mask)
+            vectors = self.index.vectors(ids) if len(ids) else np.zeros((0, self.cfg.dim),
+                                                                         np.float32)
+            scale = None
+            if self.index.normalized and len(ids):
+                norms = np.linalg.norm(vectors, axis=1)
+                scale = (1.0 / np.where(norms > 0, norms, 1)).astype(np.float32)
+            subset = Subset(mask, ids, vectors, scale)
+            self._filter_cache[key] = subset
+            while len(self._filter_cache) > 64:
+                self._filter_cache.popitem(last=False)
+        else:
+            self._filter_cache.move_to_end(key)
+        return subset
+
+    def user(self, user_id: str) -> tuple[int, dict[str, Any], list[int]] | None:
+        return self.users.get(user_id)
+
+    def popular(self, k: int, exclude: set[int], allowed: Subset | None) -> list[int]:
+        allowed = allowed.mask if allowed is not None else None
+        out = []
+        for i in self.popular_ids:
+            if i in exclude or (allowed is not None and not allowed[i]):
+                continue
+            out.append(i)
+            if len(out) == k:
+                return out
+        if len(out) < k:  # popularity.json may not list every item (new ones): fill up
+            listed = set(out)
+            for i in range(self.n_items):
+                if len(out) == k:
+                    break
+                if (self._active_mask[i] and i not in exclude and i not in listed
+                        and (allowed is None or allowed[i])):
+                    out.append(i)
+        return out
+
+    # --- compute (runs on the compute thread) -------------------------------------------
+    def encode(self, queries: list[Query]) -> np.ndarray:
+        """One user-tower forward pass for all queries -> float32 [n, d]."""
+        n, d = len(queries), self.cfg.dim
+        feats = seq = lengths = user_ids = None
+        if self.has_features:
+            feats = feature_tensors(self.specs, [q.features for q in queries])
+        if self.has_sequence:
+            lens = [min(len(q.sequence), self.cfg.max_len) for q in queries]
+            width = max(lens)
+            padded = np.zeros((n, width, d), dtype=np.float32)
+            if width:
+                flat = [i for q, m in zip(queries, lens, strict=True) for i in q.sequence[-m:]
+                        ] if width else []
+                vectors = self.index.vectors(np.asarray(flat, dtype=np.int64))
+                pos = 0
+                for row, m in enumerate(lens):
+                    padded[row, :m] = vectors[pos:pos + m]
+                    pos += m
+            seq = torch.from_numpy(padded)
+            lengths = torch.tensor(lens, dtype=torch.long)
+        if self.has_user_ids:
+            user_ids = torch.tensor([q.user_index for q in queries], dtype=torch.long)
+        with torch.inference_mode():
+            out = self.tower(feats, seq, lengths, user_ids)
+        return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
+
+    def _search_subset(self, vector: np.ndarray, k: int, subset: Subset,
+                       exclude: set[int]) -> tuple[list[int], list[float]]:
+        """Exact top-k among the items of a metadata filter (same scores as the index)."""
+        if not len(subset.ids):
+            return [], []
+        scores = subset.vectors @ vector
+        if subset.scale is not None:
+            norm = float(np.linalg.norm(vector))
+            scores = scores * subset.scale / (norm if norm > 0 else 1.0)
+        if exclude:
+            scores[np.isin(subset.ids, np.fromiter(exclude, np.int64))] = -np.inf
+        top = min(k, int(np.isfinite(scores).sum()))
+        if top == 0:
+            return [], []
+        part = np.argpartition(-scores, top - 1)[:top]
+        order = part[np.argsort(-scores[part], kind="stable")]
+        return subset.ids[order].tolist(), scores[order].astype(float).tolist()
+
+    def run(self, jobs: list[Job]) -> tuple[list[JobResult], BatchTiming]:
+        timing = BatchTiming()
+        vectors = [job.vector for job in jobs]
+        todo = [i for i, job in enumerate(jobs) if job.vector is None]
+        if todo:
+            t0 = time.perf_counter()
+            encoded = self.encode([jobs[i].query for i in todo])
+            timing.inference_s = time.perf_counter() - t0
+            timing.encoded = len(todo)
+            for row, i in enumerate(todo):
+                vectors[i] = encoded[row]
+        t0 = time.perf_counter()
+        results: list[JobResult | None] = [None] * len(jobs)
+        plain = [i for i, job in enumerate(jobs) if job.allowed is None]
+        if plain:
+            k = min(max(jobs[i].k for i in plain), self.n_items)
+            matrix = np.stack([vectors[i] for i in plain]).astype(np.float32, copy=False)
+            ids, scores = self.index.search(matrix, k, [jobs[i].exclude for i in plain])
+            for row, i in enumerate(plain):
+                keep = ids[row] >= 0
+                row_ids = ids[row][keep][: jobs[i].k].tolist()
+                row_scores = scores[row][keep][: jobs[i].k].astype(float).tolist()
+                results[i] = JobResult(vectors[i], row_ids, row_scores)
+        for i, job in enumerate(jobs):
+            if job.allowed is not None:
+                ids_, scores_ = self._search_subset(vectors[i], job.k, job.allowed, job.exclude)
+                results[i] = JobResult(vectors[i], ids_, scores_)
+        timing.search_s = time.perf_counter() - t0
+        return results, timing  # type: ignore[return-value]
+
+    def similar(self, i: int, k: int) -> tuple[list[int], list[float]]:
+        ids, scores = self.index.similar(self.item_ids[i], k)
+        ids, scores = np.asarray(ids).reshape(-1), np.asarray(scores).reshape(-1)
+        keep = ids >= 0
+        return ids[keep].tolist(), scores[keep].astype(float).tolist()

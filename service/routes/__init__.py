@@ -1,0 +1,1 @@
+"""HTTP routes, one APIRouter per concern (mounted by service.app.create_app)."""

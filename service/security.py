@@ -1,0 +1,113 @@
+"""API-key dependencies and the request-body size limit.
+
+- API_KEY set: every route but /healthz and /readyz needs ``X-API-Key`` (401 when missing
+  or wrong). The admin key is accepted there too.
+- /admin/*: needs ``X-API-Key: <ADMIN_API_KEY>`` (401 missing/unknown key, 403 a valid
+  non-admin key). With neither key set (local development) admin routes are open; with
+  API_KEY set but no ADMIN_API_KEY they are closed (403).
+Keys are compared with ``hmac.compare_digest``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+
+from service.config import Settings
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="API_KEY (or ADMIN_API_KEY for /admin/*)")
+
+
+def _matches(given: str | None, secret) -> bool:
+    if given is None or secret is None:
+        return False
+    return hmac.compare_digest(given.encode(), secret.get_secret_value().encode())
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def require_api_key(request: Request, key: str | None = Security(api_key_header)) -> None:
+    settings = _settings(request)
+    if settings.api_key is None:
+        return
+    if _matches(key, settings.api_key) or _matches(key, settings.admin_api_key):
+        return
+    raise HTTPException(401, "missing or invalid X-API-Key header",
+                        headers={"WWW-Authenticate": "ApiKey"})
+
+
+async def require_admin_key(request: Request, key: str | None = Security(api_key_header)) -> None:
+    settings = _settings(request)
+    if settings.admin_api_key is None:
+        if settings.api_key is None:
+            return  # development mode: no keys configured at all
+        raise HTTPException(403, "admin API disabled: set ADMIN_API_KEY")
+    if _matches(key, settings.admin_api_key):
+        return
+    if _matches(key, settings.api_key):
+        raise HTTPException(403, "this key is not an admin key")
+    raise HTTPException(401, "missing or invalid admin X-API-Key header",
+                        headers={"WWW-Authenticate": "ApiKey"})
+
+
+class BodyTooLarge(HTTPException):
+    """An HTTPException so FastAPI's body parsing passes it on as a 413, not a 400."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body larger than {limit} bytes (MAX_BODY_BYTES)")
+
+
+class BodySizeLimitMiddleware:
+    """Pure ASGI: 413 when Content-Length or the streamed body exceeds ``limit`` bytes."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def _reject(self, send) -> None:
+        body = json.dumps({"detail": BodyTooLarge(self.limit).detail}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await self._reject(send)
+                break
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._reject(send)
