@@ -1,0 +1,5 @@
+"""``python -m index``: see ``index.cli``."""
+
+from index.cli import main
+
+main()

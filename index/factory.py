@@ -1,0 +1,197 @@
+"""FAISS index kinds and their parameters: create, fill, tune and query-parameterise.
+
+Every kind scores by inner product (what the towers are trained for) and answers with
+*internal item ids* (int64 rows of ``vectors.npy``), never positions:
+
+- ``flat``  ``IndexIDMap2(IndexFlatIP)``: exact; the default up to ~200k items.
+- ``hnsw``  ``IndexIDMap2(IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT))``: graph ANN; cannot
+  delete, so removed items stay in the graph as tombstones filtered at search time.
+- ``ivf``   ``IndexIVFFlat`` / ``IndexIVFPQ`` with inner product: ids are native to IVF
+  (no ``IndexIDMap2``, whose ``remove_ids`` assumes a sub-index that compacts like a flat
+  one), ``remove_ids`` is supported, and new items go to the existing centroids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+KINDS = ("flat", "hnsw", "ivf")
+ADD_CHUNK = 50_000  # vectors per add() call, so long HNSW builds show progress
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """A kind and its parameters. ``None`` means "choose from the catalog size"."""
+
+    kind: str = "flat"
+    hnsw_m: int = 32  # HNSW: graph degree M
+    ef_construction: int = 80  # HNSW: candidate list while building
+    ef_search: int = 64  # HNSW: candidate list while searching (raised to k if smaller)
+    nlist: int | None = None  # IVF: number of centroids (auto: ~4 sqrt(N))
+    nprobe: int | None = None  # IVF: lists scanned per query (auto: nlist / 16)
+    pq_m: int = 0  # IVF: PQ sub-quantizers (bytes per vector at 8 bits); 0 = IVFFlat
+    pq_nbits: int = 8  # IVF: bits per PQ sub-quantizer code
+
+    _PARAMS = {
+        "flat": (),
+        "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
+        "ivf": ("nlist", "nprobe", "pq_m", "pq_nbits"),
+    }
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown index kind {self.kind!r}; expected one of {KINDS}")
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_nbits"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.pq_m < 0:
+            raise ValueError(f"pq_m must be >= 0 (0 = IVFFlat), got {self.pq_m}")
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that matter for this kind (what the manifest records)."""
+        return {name: getattr(self, name) for name in self._PARAMS[self.kind]}
+
+    @classmethod
+    def from_params(cls, kind: str, params: dict[str, Any]) -> IndexSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(kind=kind, **{k: v for k, v in params.items() if k in known})
+
+    def resolved(self, n: int, dim: int) -> IndexSpec:
+        """Fill the automatic IVF parameters for ``n`` items and check they fit."""
+        if self.kind != "ivf":
+            return self
+        nlist = self.nlist or auto_nlist(n)
+        if nlist > max(n, 1):
+            raise ValueError(f"nlist={nlist} is larger than the catalog ({n} items)")
+        nprobe = min(self.nprobe or max(1, nlist // 16), nlist)
+        if self.pq_m:
+            if dim % self.pq_m:
+                raise ValueError(f"PQ m={self.pq_m} must divide the dimension {dim}")
+            if n < 2**self.pq_nbits:
+                raise ValueError(
+                    f"PQ with {self.pq_nbits} bits needs >= {2**self.pq_nbits} training "
+                    f"items, the catalog has {n}; use --pq 0 (IVFFlat) or fewer bits"
+                )
+        return replace(self, nlist=nlist, nprobe=nprobe)
+
+    def label(self) -> str:
+        """Short human description, e.g. ``hnsw M=32 efC=80 efS=64``."""
+        short = {"hnsw_m": "M", "ef_construction": "efC", "ef_search": "efS",
+                 "pq_m": "pq", "pq_nbits": "nbits"}
+        parts = [f"{short.get(k, k)}={v}" for k, v in self.params().items()
+                 if not (k == "pq_nbits" and not self.pq_m)]
+        return " ".join([self.kind, *parts])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def auto_nlist(n: int) -> int:
+    """~4 sqrt(N) lists, but at least 39 training points per centroid (k-means needs them)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def prepare(vectors: np.ndarray, normalize: bool) -> np.ndarray:
+    """Float32, C-contiguous, L2-normalised rows when ``normalize`` (zero rows stay zero)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
+    if normalize:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms > 0, norms, 1).astype(np.float32)
+    return x
+
+
+def new_index(spec: IndexSpec, dim: int) -> faiss.Index:
+    """An empty index of ``spec.kind`` (IVF still untrained); ``spec`` must be resolved."""
+    if spec.kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if spec.kind == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = spec.ef_construction
+        hnsw.hnsw.efSearch = spec.ef_search
+        return faiss.IndexIDMap2(hnsw)
+    quantizer = faiss.IndexFlatIP(dim)
+    if spec.pq_m:
+        ivf = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.pq_m, spec.pq_nbits,
+                               faiss.METRIC_INNER_PRODUCT)
+    else:
+        ivf = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.nprobe = spec.nprobe
+    return ivf
+
+
+def train(index: faiss.Index, x: np.ndarray, seed: int = 0) -> None:
+    """Train IVF centroids (and PQ codebooks) on up to 256 vectors per list."""
+    if index.is_trained:
+        return
+    cap = 256 * faiss.extract_index_ivf(index).nlist
+    if len(x) > cap:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), cap, replace=False))]
+    index.train(x)
+
+
+def add(index: faiss.Index, x: np.ndarray, ids: np.ndarray, progress: bool = False) -> None:
+    """Add vectors under the given internal ids, in chunks (progress bar on a terminal)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    steps = range(0, len(x), ADD_CHUNK)
+    bar = tqdm(steps, desc="adding vectors", unit="chunk", disable=not progress or None,
+               leave=False)
+    for start in bar:
+        index.add_with_ids(x[start:start + ADD_CHUNK], ids[start:start + ADD_CHUNK])
+
+
+def build(spec: IndexSpec, x: np.ndarray, ids: np.ndarray, progress: bool = False) -> faiss.Index:
+    """A filled index of ``spec`` over prepared vectors ``x`` with internal ids ``ids``."""
+    index = new_index(spec, x.shape[1])
+    train(index, x)
+    add(index, x, ids, progress)
+    return index
+
+
+def inner(index: faiss.Index) -> faiss.Index:
+    """The index behind an ``IndexIDMap2`` (or the index itself), downcast."""
+    if isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        return faiss.downcast_index(index.index)
+    return faiss.downcast_index(index)
+
+
+def indexed_ids(index: faiss.Index) -> np.ndarray | None:
+    """Internal ids stored in an ``IndexIDMap2`` (None for IVF, whose ids live in lists)."""
+    if isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    return None
+
+
+def set_search_defaults(index: faiss.Index, spec: IndexSpec) -> None:
+    """Apply ``ef_search`` / ``nprobe`` to the index itself (used by unparameterised calls)."""
+    core = inner(index)
+    if spec.kind == "hnsw":
+        core.hnsw.efSearch = spec.ef_search
+    elif spec.kind == "ivf":
+        core.nprobe = spec.nprobe
+
+
+def search_parameters(spec: IndexSpec, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Per-call search parameters carrying ``selector`` plus the kind's own knob.
+
+    The kind-specific subclass matters: passing a plain ``SearchParameters`` to HNSW or IVF
+    would silently drop ``efSearch`` / ``nprobe`` back to defaults.
+    """
+    if spec.kind == "hnsw":
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=spec.ef_search)
+    if spec.kind == "ivf":
+        return faiss.SearchParametersIVF(sel=selector, nprobe=spec.nprobe)
+    return faiss.SearchParameters(sel=selector)
+
+
+def serialized_bytes(index: faiss.Index) -> int:
+    """Size of the index as written to disk."""
+    return int(faiss.serialize_index(index).nbytes)

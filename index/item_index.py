@@ -1,0 +1,283 @@
+"""``ItemIndex``: the read side the service uses — top-k with exclusions, similar items.
+
+Results are internal item ids (rows of ``vectors.npy``). Excluded and removed ids are never
+returned, and a row is padded with ``-1`` / ``-inf`` only when the catalog minus that row's
+exclusions has fewer than ``k`` items. Exclusions are applied in one of two ways:
+
+- ``overfetch``: one batched FAISS call for ``k + max|exclude| + tombstones`` neighbours,
+  then a vectorised filter keeps the first ``k`` allowed ids per row.
+- ``selector``: one FAISS call per query with ``IDSelectorNot(IDSelectorBatch(excluded))``
+  in the search parameters, so FAISS skips the ids while scanning.
+
+``DEFAULT_EXCLUSION`` holds the faster one per kind as measured by ``bench/index.py``
+(docs/BENCHMARKS.md). Either way, a row that the ANN index could not fill (a small
+``nprobe`` that visits too few items, say) falls back to an exact scan of ``vectors.npy``
+for that row, counted in ``stats["exact_fallbacks"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index import factory, store
+from index.errors import UnknownItemError
+from index.factory import IndexSpec
+from index.store import Snapshot
+
+STRATEGIES = ("overfetch", "selector")
+# Measured in docs/BENCHMARKS.md ("Excluding seen items"): over-fetch wins everywhere.
+DEFAULT_EXCLUSION = {"flat": "overfetch", "hnsw": "overfetch", "ivf": "overfetch"}
+
+
+class ItemIndex:
+    """A loaded index version: search, similar items, and the serving catalog."""
+
+    dim: int
+    kind: str
+    version: int
+    normalized: bool
+    item_ids: list[str]  # external id per internal id (removed and replaced rows included)
+
+    def __init__(self, snapshot: Snapshot, *, exclusion: str = "auto"):
+        self._snap = snapshot
+        self._index = snapshot.index
+        self._vectors = snapshot.vectors
+        self._items = snapshot.items
+        self.spec: IndexSpec = snapshot.spec
+        self.kind = self.spec.kind
+        self.dim = snapshot.dim
+        self.version = int(snapshot.section.get("version", 0))
+        self.normalized = snapshot.normalized
+        self.item_ids = [it["id"] for it in snapshot.items]
+        self._active = np.fromiter((it["active"] for it in self._items), bool, len(self._items))
+        self._by_external = {it["id"]: i for i, it in enumerate(self._items) if it["active"]}
+        self._tombstones = snapshot.tombstones()
+        self._ntotal = int(self._index.ntotal)
+        self._norms: np.ndarray | None = None
+        self.exclusion = DEFAULT_EXCLUSION[self.kind] if exclusion == "auto" else exclusion
+        if self.exclusion not in STRATEGIES:
+            raise ValueError(f"exclusion must be 'auto' or one of {STRATEGIES}")
+        self.stats = {"exact_fallbacks": 0}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, mmap: bool = True, threads: int = 1, *,
+             verify: bool = True, exclusion: str = "auto") -> ItemIndex:
+        """Open the bundle's current index version (see ``store.load_version``).
+
+        ``mmap`` maps the FAISS data and ``vectors.npy`` instead of reading them (flat, ivf
+        fully; hnsw maps its vectors, its graph is read into RAM). ``threads`` sets FAISS's
+        OpenMP threads for the whole process; 1 per worker is the serving default.
+        ``verify`` checks SHA-256 of every file (reads them once).
+        """
+        faiss.omp_set_num_threads(threads)
+        return cls(store.load_version(bundle_dir, mmap=mmap, verify=verify),
+                   exclusion=exclusion)
+
+    @classmethod
+    def from_vectors(cls, vectors: np.ndarray, spec: IndexSpec | None = None, *,
+                     item_ids: Sequence[str] | None = None, normalize: bool = False,
+                     exclusion: str = "auto") -> ItemIndex:
+        """An in-memory index (version 0) over raw vectors; for evaluation and benchmarks."""
+        vectors = factory.prepare(vectors, normalize=False)
+        spec = (spec or IndexSpec()).resolved(len(vectors), vectors.shape[1])
+        ids = np.arange(len(vectors), dtype=np.int64)
+        index = factory.build(spec, factory.prepare(vectors, normalize), ids)
+        names = item_ids if item_ids is not None else [str(i) for i in ids]
+        items = [{"id": str(name), "title": "", "genres": [], "features": {}, "active": True}
+                 for name in names]
+        return cls(Snapshot(index, vectors, items, spec, normalize), exclusion=exclusion)
+
+    def set_search_params(self, *, ef_search: int | None = None,
+                          nprobe: int | None = None) -> None:
+        """Change HNSW ``ef_search`` / IVF ``nprobe`` for later searches (eval, sweeps)."""
+        changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe))
+                   if v is not None}
+        self.spec = replace(self.spec, **changes)
+        factory.set_search_defaults(self._index, self.spec)
+
+    # ------------------------------------------------------------------ catalog
+
+    @property
+    def active_count(self) -> int:
+        return int(self._active.sum())
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The underlying FAISS index (labels = internal ids); for evaluation only."""
+        return self._index
+
+    @property
+    def section(self) -> dict:
+        """The manifest's index section this version was loaded from."""
+        return self._snap.section
+
+    def internal_id(self, external: str) -> int:
+        """The internal id serving ``external``; ``UnknownItemError`` if unknown or removed."""
+        try:
+            return self._by_external[str(external)]
+        except KeyError:
+            state = "was removed from" if str(external) in self.item_ids else "is not in"
+            raise UnknownItemError(
+                external, f"item {external!r} {state} the index (v{self.version:04d})"
+            ) from None
+
+    def is_active(self, internal: int) -> bool:
+        return 0 <= internal < len(self._active) and bool(self._active[internal])
+
+    def metadata(self, internal: int) -> dict:
+        """``{id, title, genres}`` of an internal id (removed items included)."""
+        item = self._items[self._check_internal(internal)]
+        return {"id": item["id"], "title": item.get("title", ""),
+                "genres": item.get("genres", [])}
+
+    def vectors(self, internal_ids: np.ndarray) -> np.ndarray:
+        """Raw item-tower vectors float32 [n, d] (never normalised)."""
+        ids = np.asarray(internal_ids, dtype=np.int64).reshape(-1)
+        bad = ids[(ids < 0) | (ids >= len(self._items))]
+        if len(bad):
+            self._check_internal(int(bad[0]))
+        return np.asarray(self._vectors[ids], dtype=np.float32)
+
+    def _check_internal(self, internal: int) -> int:
+        if not 0 <= internal < len(self._items):
+            raise UnknownItemError(
+                internal, f"no internal item id {internal} (index v{self.version:04d} has "
+                f"{len(self._items)})")
+        return int(internal)
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, user_vectors: np.ndarray, k: int,
+               exclude: Sequence[Iterable[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per query row: ids int64 [n, k], scores float32 [n, k].
+
+        ``exclude[i]`` is a set of internal ids row ``i`` must not return (seen items).
+        Scores are inner products (cosines when the index is normalised: queries are
+        normalised here the same way).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = self._queries(user_vectors)
+        banned = self._exclusions(exclude, len(q))
+        if not any(len(b) for b in banned) and not len(self._tombstones):
+            ids, scores = self._faiss(q, min(k, self._ntotal))
+            ids, scores = _pad(ids, scores, k)
+        elif self.exclusion == "selector":
+            ids, scores = self._search_selector(q, k, banned)
+        else:
+            ids, scores = self._search_overfetch(q, k, banned)
+        return self._complete(q, k, banned, ids, scores)
+
+    def similar(self, external_id: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items nearest to ``external_id``'s own vector, itself excluded: ids [k], scores [k]."""
+        internal = self.internal_id(external_id)
+        ids, scores = self.search(self.vectors([internal]), k, exclude=[{internal}])
+        return ids[0], scores[0]
+
+    def _queries(self, user_vectors: np.ndarray) -> np.ndarray:
+        q = np.atleast_2d(np.asarray(user_vectors, dtype=np.float32))
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query vectors must be [n, {self.dim}], got {q.shape}")
+        return factory.prepare(q, self.normalized)
+
+    def _exclusions(self, exclude: Sequence[Iterable[int]] | None, n: int) -> list[np.ndarray]:
+        if exclude is None:
+            return [np.empty(0, dtype=np.int64)] * n
+        if len(exclude) != n:
+            raise ValueError(f"exclude has {len(exclude)} sets for {n} queries")
+        out = []
+        for ids in exclude:
+            arr = np.unique(np.fromiter(ids, dtype=np.int64))
+            out.append(arr[(arr >= 0) & (arr < len(self._items))])
+        return out
+
+    def _faiss(self, q: np.ndarray, kk: int, params: faiss.SearchParameters | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        if kk == 0:
+            return np.empty((len(q), 0), np.int64), np.empty((len(q), 0), np.float32)
+        scores, ids = self._index.search(q, kk, params=params)
+        scores[ids < 0] = -np.inf
+        return ids, scores
+
+    def _search_overfetch(self, q: np.ndarray, k: int, banned: list[np.ndarray]
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """One batched call for enough neighbours to survive the filter, then filter."""
+        extra = max(len(b) for b in banned) + len(self._tombstones)
+        ids, scores = self._faiss(q, min(k + extra, self._ntotal))
+        keep = (ids >= 0) & self._active[np.maximum(ids, 0)]
+        sizes = [len(b) for b in banned]
+        if sum(sizes):
+            width = len(self._items)
+            rows = np.arange(len(q), dtype=np.int64)
+            keys = np.repeat(rows, sizes) * width + np.concatenate(banned)
+            keep &= ~np.isin(rows[:, None] * width + ids, keys)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        ok = np.take_along_axis(keep, order, axis=1)
+        ids = np.where(ok, np.take_along_axis(ids, order, axis=1), -1)
+        scores = np.where(ok, np.take_along_axis(scores, order, axis=1), -np.inf)
+        return _pad(ids, scores.astype(np.float32), k)
+
+    def _search_selector(self, q: np.ndarray, k: int, banned: list[np.ndarray]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """One call per query that has exclusions, FAISS skipping them via an IDSelector."""
+        ids = np.full((len(q), k), -1, dtype=np.int64)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        kk = min(k, self._ntotal)
+        plain = [i for i, b in enumerate(banned) if not len(b)] if not len(
+            self._tombstones) else []
+        if plain:
+            ids[plain, :kk], scores[plain, :kk] = self._faiss(q[plain], kk)
+        for i in sorted(set(range(len(q))) - set(plain)):
+            skip = np.union1d(banned[i], self._tombstones)
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(skip))
+            params = factory.search_parameters(self.spec, selector)
+            ids[i, :kk], scores[i, :kk] = self._faiss(q[i:i + 1], kk, params)
+        return ids, scores
+
+    def _complete(self, q: np.ndarray, k: int, banned: list[np.ndarray], ids: np.ndarray,
+                  scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refill, by exact scan, rows the ANN index returned fewer results for than exist."""
+        found = (ids >= 0).sum(axis=1)
+        if (found >= k).all():
+            return ids, scores
+        total = self.active_count
+        for i in np.nonzero(found < k)[0]:
+            available = total - int(self._active[banned[i]].sum())
+            if found[i] < min(k, available):
+                ids[i], scores[i] = self._exact(q[i], k, banned[i])
+                self.stats["exact_fallbacks"] += 1
+        return ids, scores
+
+    def _exact(self, query: np.ndarray, k: int, banned: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.asarray(self._vectors @ query, dtype=np.float32)
+        if self.normalized:
+            if self._norms is None:
+                norms = np.linalg.norm(np.asarray(self._vectors), axis=1)
+                self._norms = np.where(norms > 0, norms, 1).astype(np.float32)
+            scores /= self._norms
+        scores[~self._active] = -np.inf
+        scores[banned] = -np.inf
+        valid = min(k, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, valid - 1)[:valid] if valid else np.empty(0, np.int64)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        ids = np.full(k, -1, dtype=np.int64)
+        out = np.full(k, -np.inf, dtype=np.float32)
+        ids[:valid], out[:valid] = top, scores[top]
+        return ids, out
+
+
+def _pad(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Widen [n, m] results to [n, k] with -1 / -inf."""
+    if ids.shape[1] >= k:
+        return ids, scores
+    extra = k - ids.shape[1]
+    return (np.pad(ids, ((0, 0), (0, extra)), constant_values=-1),
+            np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf))
