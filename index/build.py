@@ -28,9 +28,15 @@ from training.bundle import (
 log = logging.getLogger("index")
 
 
-def build_index(bundle: str | Path, spec: IndexSpec | str = "flat", *,
-                normalize: bool = False, if_missing: bool = False,
-                threads: int | None = None, progress: bool = False) -> dict[str, Any]:
+def build_index(
+    bundle: str | Path,
+    spec: IndexSpec | str = "flat",
+    *,
+    normalize: bool = False,
+    if_missing: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Build ``spec`` over the bundle's item embeddings as a new index version.
 
     ``normalize`` indexes L2-normalised vectors (cosine) instead of the raw inner product
@@ -40,26 +46,53 @@ def build_index(bundle: str | Path, spec: IndexSpec | str = "flat", *,
     spec = IndexSpec(kind=spec) if isinstance(spec, str) else spec
     with store.writer_lock(bundle) as root:
         if if_missing and (existing := _usable_section(root)):
-            log.info("bundle already has a %s index v%04d (%d items): nothing to do",
-                     existing["kind"], existing["version"], existing["active"])
+            log.info(
+                "bundle already has a %s index v%04d (%d items): nothing to do",
+                existing["kind"],
+                existing["version"],
+                existing["active"],
+            )
             return existing
         vectors, items = _catalog(root)
         spec = spec.resolved(len(vectors), vectors.shape[1])
         faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
         start = time.perf_counter()
-        index = factory.build(spec, factory.prepare(vectors, normalize),
-                              np.arange(len(vectors), dtype=np.int64), progress)
+        index = factory.build(
+            spec,
+            factory.prepare(vectors, normalize),
+            np.arange(len(vectors), dtype=np.int64),
+            progress,
+        )
         seconds = time.perf_counter() - start
-        snap = Snapshot(index, vectors, [{**it, "active": True} for it in items], spec,
-                        normalize, vectors_file=None)
+        snap = Snapshot(
+            index,
+            vectors,
+            [{**it, "active": True} for it in items],
+            spec,
+            normalize,
+            vectors_file=None,
+        )
         source = read_manifest(root)["files"][ITEM_EMBEDDINGS]["sha256"]
-        section = store.write_version(root, snap, {
-            "op": "build", "seconds": round(seconds, 3), "threads": faiss.omp_get_max_threads(),
-            "item_embeddings_sha256": source,
-        })
-    log.info("built %s index v%04d: %d items, d=%d, %.1f s, %s → %s",
-             spec.label(), section["version"], section["items"], section["dim"], seconds,
-             human_bytes(section["files"][store.FAISS_FILE]["bytes"]), root / section["path"])
+        section = store.write_version(
+            root,
+            snap,
+            {
+                "op": "build",
+                "seconds": round(seconds, 3),
+                "threads": faiss.omp_get_max_threads(),
+                "item_embeddings_sha256": source,
+            },
+        )
+    log.info(
+        "built %s index v%04d: %d items, d=%d, %.1f s, %s → %s",
+        spec.label(),
+        section["version"],
+        section["items"],
+        section["dim"],
+        seconds,
+        human_bytes(section["files"][store.FAISS_FILE]["bytes"]),
+        root / section["path"],
+    )
     return section
 
 
@@ -80,8 +113,10 @@ def _catalog(root: Path) -> tuple[np.ndarray, list[dict[str, Any]]]:
     vectors = load_array(root / ITEM_EMBEDDINGS)
     items = load_json(root, ITEMS)
     if vectors.ndim != 2 or len(vectors) != len(items):
-        raise BundleError(f"{root / ITEM_EMBEDDINGS}: shape {vectors.shape} does not match "
-                          f"{len(items)} items in {ITEMS}")
+        raise BundleError(
+            f"{root / ITEM_EMBEDDINGS}: shape {vectors.shape} does not match "
+            f"{len(items)} items in {ITEMS}"
+        )
     if len(items) == 0:
         raise BundleError(f"{root / ITEMS}: the catalog is empty")
     return np.ascontiguousarray(vectors, dtype=np.float32), items

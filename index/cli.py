@@ -23,7 +23,9 @@ from training.bundle import BundleError
 log = logging.getLogger("index")
 app = typer.Typer(
     help="Build, update, inspect and evaluate the FAISS item index of a bundle.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 
@@ -33,29 +35,48 @@ class Kind(StrEnum):
     ivf = "ivf"
 
 
-BundleOpt = Annotated[Path, typer.Option(
-    "--bundle", help="Bundle directory, artifacts root or `current` link.")]
-KindOpt = Annotated[Kind, typer.Option(
-    "--kind", help="flat = exact (up to ~200k items); hnsw / ivf = approximate.")]
+BundleOpt = Annotated[
+    Path, typer.Option("--bundle", help="Bundle directory, artifacts root or `current` link.")
+]
+KindOpt = Annotated[
+    Kind, typer.Option("--kind", help="flat = exact (up to ~200k items); hnsw / ivf = approximate.")
+]
 HnswM = Annotated[int, typer.Option("--hnsw-m", "-M", help="HNSW: graph degree M.")]
 EfConstruction = Annotated[int, typer.Option(help="HNSW: candidate list size while building.")]
 EfSearch = Annotated[int, typer.Option(help="HNSW: candidate list size while searching.")]
 Nlist = Annotated[int | None, typer.Option(help="IVF: number of lists (default ~4·√N).")]
-Nprobe = Annotated[int | None, typer.Option(help="IVF: lists scanned per query "
-                                                 "(default nlist/16).")]
-Pq = Annotated[int, typer.Option("--pq", help="IVF: PQ sub-quantizers m (must divide d); "
-                                              "0 = IVFFlat (exact vectors).")]
+Nprobe = Annotated[
+    int | None, typer.Option(help="IVF: lists scanned per query (default nlist/16).")
+]
+Pq = Annotated[
+    int,
+    typer.Option(
+        "--pq", help="IVF: PQ sub-quantizers m (must divide d); 0 = IVFFlat (exact vectors)."
+    ),
+]
 PqBits = Annotated[int, typer.Option(help="IVF: bits per PQ code.")]
-Normalize = Annotated[bool, typer.Option(
-    "--normalize", help="Index L2-normalised vectors (cosine) instead of the raw inner "
-                        "product the towers were trained for; see docs/BUNDLE.md.")]
+Normalize = Annotated[
+    bool,
+    typer.Option(
+        "--normalize",
+        help="Index L2-normalised vectors (cosine) instead of the raw inner "
+        "product the towers were trained for; see docs/BUNDLE.md.",
+    ),
+]
 ItemIdOpt = Annotated[str | None, typer.Option("--item-id", help="External item id.")]
-FeaturesOpt = Annotated[str | None, typer.Option(
-    help='Item features as JSON, e.g. \'{"genres": ["Drama"], "year": 1999}\'.')]
-FromFile = Annotated[Path | None, typer.Option(
-    help="JSON lines, one item per line: {id, title, genres?, features}.")]
-VectorFile = Annotated[Path | None, typer.Option(
-    help=".npy float32 [d] or [n, d] raw item-tower vector(s) to use instead of the tower.")]
+FeaturesOpt = Annotated[
+    str | None,
+    typer.Option(help='Item features as JSON, e.g. \'{"genres": ["Drama"], "year": 1999}\'.'),
+]
+FromFile = Annotated[
+    Path | None, typer.Option(help="JSON lines, one item per line: {id, title, genres?, features}.")
+]
+VectorFile = Annotated[
+    Path | None,
+    typer.Option(
+        help=".npy float32 [d] or [n, d] raw item-tower vector(s) to use instead of the tower."
+    ),
+]
 
 
 def _handle_errors(command):
@@ -72,11 +93,26 @@ def _handle_errors(command):
     return wrapper
 
 
-def _spec(kind: Kind, hnsw_m: int, ef_construction: int, ef_search: int, nlist: int | None,
-          nprobe: int | None, pq: int, pq_nbits: int) -> IndexSpec:
-    return IndexSpec(kind=kind.value, hnsw_m=hnsw_m, ef_construction=ef_construction,
-                     ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq,
-                     pq_nbits=pq_nbits)
+def _spec(
+    kind: Kind,
+    hnsw_m: int,
+    ef_construction: int,
+    ef_search: int,
+    nlist: int | None,
+    nprobe: int | None,
+    pq: int,
+    pq_nbits: int,
+) -> IndexSpec:
+    return IndexSpec(
+        kind=kind.value,
+        hnsw_m=hnsw_m,
+        ef_construction=ef_construction,
+        ef_search=ef_search,
+        nlist=nlist,
+        nprobe=nprobe,
+        pq_m=pq,
+        pq_nbits=pq_nbits,
+    )
 
 
 @app.command()
@@ -92,15 +128,23 @@ def build(
     pq: Pq = 0,
     pq_nbits: PqBits = 8,
     normalize: Normalize = False,
-    if_missing: Annotated[bool, typer.Option(
-        "--if-missing", help="Do nothing when the bundle already has a loadable index.")] = False,
-    threads: Annotated[int | None, typer.Option(help="Build threads (default: all cores).")
-                       ] = None,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            "--if-missing", help="Do nothing when the bundle already has a loadable index."
+        ),
+    ] = False,
+    threads: Annotated[int | None, typer.Option(help="Build threads (default: all cores).")] = None,
 ) -> None:
     """Build an index over the bundle's item embeddings as a new index version."""
-    build_index(bundle, _spec(kind, hnsw_m, ef_construction, ef_search, nlist, nprobe, pq,
-                              pq_nbits),
-                normalize=normalize, if_missing=if_missing, threads=threads, progress=True)
+    build_index(
+        bundle,
+        _spec(kind, hnsw_m, ef_construction, ef_search, nlist, nprobe, pq, pq_nbits),
+        normalize=normalize,
+        if_missing=if_missing,
+        threads=threads,
+        progress=True,
+    )
 
 
 @app.command()
@@ -137,8 +181,9 @@ def replace(
 @_handle_errors
 def remove(
     bundle: BundleOpt = Path("artifacts/current"),
-    item_id: Annotated[list[str], typer.Option(
-        "--item-id", help="External item id (repeat for several).")] = ...,
+    item_id: Annotated[
+        list[str], typer.Option("--item-id", help="External item id (repeat for several).")
+    ] = ...,
 ) -> None:
     """Remove item(s) from serving (hnsw: tombstoned until `compact`)."""
     updates.remove_items(bundle, item_id)
@@ -159,15 +204,18 @@ def info(bundle: BundleOpt = Path("artifacts/current")) -> None:
     if section is None:
         typer.echo("no index (run `python -m index build`)")
         raise typer.Exit(1)
-    typer.echo(f"{section['kind']} index v{section['version']:04d} at {section['path']}: "
-               f"{section['active']} active of {section['items']} items, d={section['dim']}, "
-               f"{section['tombstones']} tombstones, normalized={section['normalized']}")
+    typer.echo(
+        f"{section['kind']} index v{section['version']:04d} at {section['path']}: "
+        f"{section['active']} active of {section['items']} items, d={section['dim']}, "
+        f"{section['tombstones']} tombstones, normalized={section['normalized']}"
+    )
     typer.echo(f"params {json.dumps(section['params'])}, faiss {section['faiss_version']}")
     for name, entry in section["files"].items():
         typer.echo(f"  {name:12} {human_bytes(entry['bytes']):>9}  sha256 {entry['sha256']}")
     for op in section["history"][-5:]:
-        typer.echo(f"  v{op['version']:04d} {op['at']} {op['op']} "
-                   f"{', '.join(op.get('items', [])[:5])}")
+        typer.echo(
+            f"  v{op['version']:04d} {op['at']} {op['op']} {', '.join(op.get('items', [])[:5])}"
+        )
 
 
 @app.command("eval")
@@ -193,13 +241,19 @@ def eval_command(
     """
     spec = _spec(kind, hnsw_m, ef_construction, ef_search, nlist, nprobe, pq, pq_nbits)
     r = evaluate(bundle, spec, normalize=normalize, queries=queries, threads=threads)
-    typer.echo(f"{r['spec']}{' (normalized)' if r['normalized'] else ''}: {r['items']} items, "
-               f"d={r['dim']}, built in {r['build_s']:.2f} s, {human_bytes(r['index_bytes'])}")
-    typer.echo(f"{'queries':<12}{'n':>6}{'recall@10':>11}{'recall@100':>12}"
-               f"{'p50 ms':>9}{'p99 ms':>9}   ({r['threads']} thread(s), one query per call)")
+    typer.echo(
+        f"{r['spec']}{' (normalized)' if r['normalized'] else ''}: {r['items']} items, "
+        f"d={r['dim']}, built in {r['build_s']:.2f} s, {human_bytes(r['index_bytes'])}"
+    )
+    typer.echo(
+        f"{'queries':<12}{'n':>6}{'recall@10':>11}{'recall@100':>12}"
+        f"{'p50 ms':>9}{'p99 ms':>9}   ({r['threads']} thread(s), one query per call)"
+    )
     for name, s in r["queries"].items():
-        typer.echo(f"{name:<12}{s['queries']:>6}{s['recall@10']:>11.4f}{s['recall@100']:>12.4f}"
-                   f"{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}")
+        typer.echo(
+            f"{name:<12}{s['queries']:>6}{s['recall@10']:>11.4f}{s['recall@100']:>12.4f}"
+            f"{s['p50_ms']:>9.3f}{s['p99_ms']:>9.3f}"
+        )
 
 
 def _json(text: str | None) -> dict[str, Any] | None:
@@ -214,8 +268,9 @@ def _json(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _items(item_id: str | None, from_file: Path | None, fields: dict[str, Any]
-           ) -> list[dict[str, Any]]:
+def _items(
+    item_id: str | None, from_file: Path | None, fields: dict[str, Any]
+) -> list[dict[str, Any]]:
     """One item from the flags, or many from a JSON-lines file (exactly one of the two)."""
     if (item_id is None) == (from_file is None):
         raise typer.BadParameter("give either --item-id or --from-file")

@@ -43,7 +43,10 @@ def _report_unknown(specs: list, features: list[dict[str, Any]]) -> None:
         for spec in specs:
             _, known = spec.encode(row.get(spec.name))
             if not known:
-                log.warning("feature %s=%r was not seen in training: encoded as unknown",
-                            spec.name, row.get(spec.name))
+                log.warning(
+                    "feature %s=%r was not seen in training: encoded as unknown",
+                    spec.name,
+                    row.get(spec.name),
+                )
         for extra in sorted(set(row) - names):
             log.warning("feature %r is not an item feature of this model: ignored", extra)

@@ -23,8 +23,9 @@ from training.bundle import ITEM_EMBEDDINGS, load_array, resolve
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int,
-                normalize: bool = False) -> np.ndarray:
+def exact_top_k(
+    vectors: np.ndarray, queries: np.ndarray, k: int, normalize: bool = False
+) -> np.ndarray:
     """Exact top-``k`` ids (positions) per query by brute force with ``IndexFlatIP``."""
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(factory.prepare(vectors, normalize))
@@ -50,8 +51,7 @@ def user_like_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return rng.multivariate_normal(x.mean(axis=0), cov, size=n).astype(np.float32)
 
 
-def single_query_ms(search: SearchFn, queries: np.ndarray, k: int,
-                    warmup: int = 10) -> np.ndarray:
+def single_query_ms(search: SearchFn, queries: np.ndarray, k: int, warmup: int = 10) -> np.ndarray:
     """Latency in ms of each query searched alone."""
     for q in queries[:warmup]:
         search(q[None], k)
@@ -63,10 +63,11 @@ def single_query_ms(search: SearchFn, queries: np.ndarray, k: int,
     return out
 
 
-def batch_qps(search: SearchFn, queries: np.ndarray, k: int, batch: int = 64,
-              min_seconds: float = 0.5) -> float:
+def batch_qps(
+    search: SearchFn, queries: np.ndarray, k: int, batch: int = 64, min_seconds: float = 0.5
+) -> float:
     """Queries per second when searching ``batch`` queries per call."""
-    chunks = [queries[i:i + batch] for i in range(0, len(queries) - batch + 1, batch)]
+    chunks = [queries[i : i + batch] for i in range(0, len(queries) - batch + 1, batch)]
     done, start = 0, time.perf_counter()
     while True:
         for chunk in chunks:
@@ -92,8 +93,15 @@ def faiss_search(index: ItemIndex) -> SearchFn:
     return search
 
 
-def evaluate(bundle: str | Path, spec: IndexSpec, *, normalize: bool = False,
-             queries: int = 1000, threads: int = 1, seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    bundle: str | Path,
+    spec: IndexSpec,
+    *,
+    normalize: bool = False,
+    queries: int = 1000,
+    threads: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Build ``spec`` in memory over the bundle's item embeddings and measure it.
 
     Two query sets: a sample of the item vectors themselves, and user-like Gaussian
@@ -113,9 +121,13 @@ def evaluate(bundle: str | Path, spec: IndexSpec, *, normalize: bool = False,
     }
     search = faiss_search(index)
     report: dict[str, Any] = {
-        "spec": index.spec.label(), "items": len(vectors), "dim": vectors.shape[1],
-        "normalized": normalize, "build_s": build_s,
-        "index_bytes": factory.serialized_bytes(index.faiss_index), "threads": threads,
+        "spec": index.spec.label(),
+        "items": len(vectors),
+        "dim": vectors.shape[1],
+        "normalized": normalize,
+        "build_s": build_s,
+        "index_bytes": factory.serialized_bytes(index.faiss_index),
+        "threads": threads,
         "queries": {},
     }
     for name, q in sets.items():

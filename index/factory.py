@@ -83,10 +83,18 @@ class IndexSpec:
 
     def label(self) -> str:
         """Short human description, e.g. ``hnsw M=32 efC=80 efS=64``."""
-        short = {"hnsw_m": "M", "ef_construction": "efC", "ef_search": "efS",
-                 "pq_m": "pq", "pq_nbits": "nbits"}
-        parts = [f"{short.get(k, k)}={v}" for k, v in self.params().items()
-                 if not (k == "pq_nbits" and not self.pq_m)]
+        short = {
+            "hnsw_m": "M",
+            "ef_construction": "efC",
+            "ef_search": "efS",
+            "pq_m": "pq",
+            "pq_nbits": "nbits",
+        }
+        parts = [
+            f"{short.get(k, k)}={v}"
+            for k, v in self.params().items()
+            if not (k == "pq_nbits" and not self.pq_m)
+        ]
         return " ".join([self.kind, *parts])
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,8 +128,9 @@ def new_index(spec: IndexSpec, dim: int) -> faiss.Index:
         return faiss.IndexIDMap2(hnsw)
     quantizer = faiss.IndexFlatIP(dim)
     if spec.pq_m:
-        ivf = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.pq_m, spec.pq_nbits,
-                               faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFPQ(
+            quantizer, dim, spec.nlist, spec.pq_m, spec.pq_nbits, faiss.METRIC_INNER_PRODUCT
+        )
     else:
         ivf = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.nprobe = spec.nprobe
@@ -142,10 +151,11 @@ def add(index: faiss.Index, x: np.ndarray, ids: np.ndarray, progress: bool = Fal
     """Add vectors under the given internal ids, in chunks (progress bar on a terminal)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     steps = range(0, len(x), ADD_CHUNK)
-    bar = tqdm(steps, desc="adding vectors", unit="chunk", disable=not progress or None,
-               leave=False)
+    bar = tqdm(
+        steps, desc="adding vectors", unit="chunk", disable=not progress or None, leave=False
+    )
     for start in bar:
-        index.add_with_ids(x[start:start + ADD_CHUNK], ids[start:start + ADD_CHUNK])
+        index.add_with_ids(x[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
 
 
 def build(spec: IndexSpec, x: np.ndarray, ids: np.ndarray, progress: bool = False) -> faiss.Index:

@@ -67,8 +67,15 @@ class ItemIndex:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, mmap: bool = True, threads: int = 1, *,
-             verify: bool = True, exclusion: str = "auto") -> ItemIndex:
+    def load(
+        cls,
+        bundle_dir: str | Path,
+        mmap: bool = True,
+        threads: int = 1,
+        *,
+        verify: bool = True,
+        exclusion: str = "auto",
+    ) -> ItemIndex:
         """Open the bundle's current index version (see ``store.load_version``).
 
         ``mmap`` maps the FAISS data and ``vectors.npy`` instead of reading them (flat, ivf
@@ -77,28 +84,33 @@ class ItemIndex:
         ``verify`` checks SHA-256 of every file (reads them once).
         """
         faiss.omp_set_num_threads(threads)
-        return cls(store.load_version(bundle_dir, mmap=mmap, verify=verify),
-                   exclusion=exclusion)
+        return cls(store.load_version(bundle_dir, mmap=mmap, verify=verify), exclusion=exclusion)
 
     @classmethod
-    def from_vectors(cls, vectors: np.ndarray, spec: IndexSpec | None = None, *,
-                     item_ids: Sequence[str] | None = None, normalize: bool = False,
-                     exclusion: str = "auto") -> ItemIndex:
+    def from_vectors(
+        cls,
+        vectors: np.ndarray,
+        spec: IndexSpec | None = None,
+        *,
+        item_ids: Sequence[str] | None = None,
+        normalize: bool = False,
+        exclusion: str = "auto",
+    ) -> ItemIndex:
         """An in-memory index (version 0) over raw vectors; for evaluation and benchmarks."""
         vectors = factory.prepare(vectors, normalize=False)
         spec = (spec or IndexSpec()).resolved(len(vectors), vectors.shape[1])
         ids = np.arange(len(vectors), dtype=np.int64)
         index = factory.build(spec, factory.prepare(vectors, normalize), ids)
         names = item_ids if item_ids is not None else [str(i) for i in ids]
-        items = [{"id": str(name), "title": "", "genres": [], "features": {}, "active": True}
-                 for name in names]
+        items = [
+            {"id": str(name), "title": "", "genres": [], "features": {}, "active": True}
+            for name in names
+        ]
         return cls(Snapshot(index, vectors, items, spec, normalize), exclusion=exclusion)
 
-    def set_search_params(self, *, ef_search: int | None = None,
-                          nprobe: int | None = None) -> None:
+    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Change HNSW ``ef_search`` / IVF ``nprobe`` for later searches (eval, sweeps)."""
-        changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe))
-                   if v is not None}
+        changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
         self.spec = replace(self.spec, **changes)
         factory.set_search_defaults(self._index, self.spec)
 
@@ -134,8 +146,7 @@ class ItemIndex:
     def metadata(self, internal: int) -> dict:
         """``{id, title, genres}`` of an internal id (removed items included)."""
         item = self._items[self._check_internal(internal)]
-        return {"id": item["id"], "title": item.get("title", ""),
-                "genres": item.get("genres", [])}
+        return {"id": item["id"], "title": item.get("title", ""), "genres": item.get("genres", [])}
 
     def vectors(self, internal_ids: np.ndarray) -> np.ndarray:
         """Raw item-tower vectors float32 [n, d] (never normalised)."""
@@ -148,14 +159,17 @@ class ItemIndex:
     def _check_internal(self, internal: int) -> int:
         if not 0 <= internal < len(self._items):
             raise UnknownItemError(
-                internal, f"no internal item id {internal} (index v{self.version:04d} has "
-                f"{len(self._items)})")
+                internal,
+                f"no internal item id {internal} (index v{self.version:04d} has "
+                f"{len(self._items)})",
+            )
         return int(internal)
 
     # ------------------------------------------------------------------ search
 
-    def search(self, user_vectors: np.ndarray, k: int,
-               exclude: Sequence[Iterable[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, user_vectors: np.ndarray, k: int, exclude: Sequence[Iterable[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items per query row: ids int64 [n, k], scores float32 [n, k].
 
         ``exclude[i]`` is a set of internal ids row ``i`` must not return (seen items).
@@ -198,16 +212,18 @@ class ItemIndex:
             out.append(arr[(arr >= 0) & (arr < len(self._items))])
         return out
 
-    def _faiss(self, q: np.ndarray, kk: int, params: faiss.SearchParameters | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _faiss(
+        self, q: np.ndarray, kk: int, params: faiss.SearchParameters | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if kk == 0:
             return np.empty((len(q), 0), np.int64), np.empty((len(q), 0), np.float32)
         scores, ids = self._index.search(q, kk, params=params)
         scores[ids < 0] = -np.inf
         return ids, scores
 
-    def _search_overfetch(self, q: np.ndarray, k: int, banned: list[np.ndarray]
-                          ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_overfetch(
+        self, q: np.ndarray, k: int, banned: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One batched call for enough neighbours to survive the filter, then filter."""
         extra = max(len(b) for b in banned) + len(self._tombstones)
         ids, scores = self._faiss(q, min(k + extra, self._ntotal))
@@ -224,25 +240,26 @@ class ItemIndex:
         scores = np.where(ok, np.take_along_axis(scores, order, axis=1), -np.inf)
         return _pad(ids, scores.astype(np.float32), k)
 
-    def _search_selector(self, q: np.ndarray, k: int, banned: list[np.ndarray]
-                         ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_selector(
+        self, q: np.ndarray, k: int, banned: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One call per query that has exclusions, FAISS skipping them via an IDSelector."""
         ids = np.full((len(q), k), -1, dtype=np.int64)
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         kk = min(k, self._ntotal)
-        plain = [i for i, b in enumerate(banned) if not len(b)] if not len(
-            self._tombstones) else []
+        plain = [i for i, b in enumerate(banned) if not len(b)] if not len(self._tombstones) else []
         if plain:
             ids[plain, :kk], scores[plain, :kk] = self._faiss(q[plain], kk)
         for i in sorted(set(range(len(q))) - set(plain)):
             skip = np.union1d(banned[i], self._tombstones)
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(skip))
             params = factory.search_parameters(self.spec, selector)
-            ids[i, :kk], scores[i, :kk] = self._faiss(q[i:i + 1], kk, params)
+            ids[i, :kk], scores[i, :kk] = self._faiss(q[i : i + 1], kk, params)
         return ids, scores
 
-    def _complete(self, q: np.ndarray, k: int, banned: list[np.ndarray], ids: np.ndarray,
-                  scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _complete(
+        self, q: np.ndarray, k: int, banned: list[np.ndarray], ids: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Refill, by exact scan, rows the ANN index returned fewer results for than exist."""
         found = (ids >= 0).sum(axis=1)
         if (found >= k).all():
@@ -255,8 +272,9 @@ class ItemIndex:
                 self.stats["exact_fallbacks"] += 1
         return ids, scores
 
-    def _exact(self, query: np.ndarray, k: int, banned: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _exact(
+        self, query: np.ndarray, k: int, banned: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         scores = np.asarray(self._vectors @ query, dtype=np.float32)
         if self.normalized:
             if self._norms is None:
@@ -279,5 +297,7 @@ def _pad(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     if ids.shape[1] >= k:
         return ids, scores
     extra = k - ids.shape[1]
-    return (np.pad(ids, ((0, 0), (0, extra)), constant_values=-1),
-            np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf))
+    return (
+        np.pad(ids, ((0, 0), (0, extra)), constant_values=-1),
+        np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf),
+    )

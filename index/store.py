@@ -148,8 +148,9 @@ def _write_files(tmp: Path, snap: Snapshot) -> None:
             os.fsync(f.fileno())
 
 
-def _section(snap: Snapshot, version: int, path: str, files: dict[str, Any],
-             op: dict[str, Any]) -> dict[str, Any]:
+def _section(
+    snap: Snapshot, version: int, path: str, files: dict[str, Any], op: dict[str, Any]
+) -> dict[str, Any]:
     now = datetime.now(UTC).isoformat()
     previous = snap.section or {}
     tombstones = len(snap.tombstones())
@@ -176,8 +177,11 @@ def _section(snap: Snapshot, version: int, path: str, files: dict[str, Any],
 
 
 def _versions(index_root: Path) -> list[int]:
-    return sorted(int(m.group(1)) for p in index_root.iterdir()
-                  if p.is_dir() and (m := _VERSION_DIR.match(p.name)))
+    return sorted(
+        int(m.group(1))
+        for p in index_root.iterdir()
+        if p.is_dir() and (m := _VERSION_DIR.match(p.name))
+    )
 
 
 def _remove_stale_temporaries(index_root: Path) -> None:
@@ -249,8 +253,9 @@ def load_version(bundle: str | Path, *, mmap: bool = True, verify: bool = True) 
             f"bundle embedding dim {embedding_dim}"
         )
     factory.set_search_defaults(index, spec)
-    return Snapshot(index, vectors, items, spec, bool(section["normalized"]), section,
-                    directory / VECTORS_FILE)
+    return Snapshot(
+        index, vectors, items, spec, bool(section["normalized"]), section, directory / VECTORS_FILE
+    )
 
 
 def check_file(path: Path, entry: dict[str, Any] | None, verify: bool = True) -> None:
@@ -263,8 +268,7 @@ def check_file(path: Path, entry: dict[str, Any] | None, verify: bool = True) ->
     if size < entry["bytes"]:
         raise IndexFileError(f"{path}: truncated: {size} bytes, manifest says {entry['bytes']}")
     if size != entry["bytes"]:
-        raise IndexFileError(f"{path}: size mismatch: {size} bytes, manifest says "
-                             f"{entry['bytes']}")
+        raise IndexFileError(f"{path}: size mismatch: {size} bytes, manifest says {entry['bytes']}")
     if verify and sha256_file(path) != entry["sha256"]:
         raise IndexFileError(f"{path}: checksum mismatch (SHA-256 differs from the manifest)")
 
@@ -276,11 +280,14 @@ def _read_faiss(path: Path, kind: str, mmap: bool, section: dict[str, Any]) -> f
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise IndexFileError(f"{path}: unreadable FAISS index ({reason})") from e
     if index.d != section["dim"]:
-        raise IndexFileError(f"{path}: dim mismatch: file has d={index.d}, "
-                             f"manifest says {section['dim']}")
+        raise IndexFileError(
+            f"{path}: dim mismatch: file has d={index.d}, manifest says {section['dim']}"
+        )
     if index.ntotal != section["ntotal"]:
-        raise IndexFileError(f"{path}: count mismatch: file holds {index.ntotal} vectors, "
-                             f"manifest says {section['ntotal']}")
+        raise IndexFileError(
+            f"{path}: count mismatch: file holds {index.ntotal} vectors, "
+            f"manifest says {section['ntotal']}"
+        )
     return index
 
 
@@ -290,14 +297,17 @@ def _read_vectors(path: Path, mmap: bool, section: dict[str, Any]) -> np.ndarray
     except BundleError as e:
         raise IndexFileError(str(e)) from e
     if vectors.ndim != 2 or vectors.dtype != np.float32:
-        raise IndexFileError(f"{path}: expected float32 [N, d], got {vectors.dtype} "
-                             f"{vectors.shape}")
+        raise IndexFileError(
+            f"{path}: expected float32 [N, d], got {vectors.dtype} {vectors.shape}"
+        )
     if vectors.shape[1] != section["dim"]:
-        raise IndexFileError(f"{path}: dim mismatch: d={vectors.shape[1]}, "
-                             f"manifest says {section['dim']}")
+        raise IndexFileError(
+            f"{path}: dim mismatch: d={vectors.shape[1]}, manifest says {section['dim']}"
+        )
     if vectors.shape[0] != section["items"]:
-        raise IndexFileError(f"{path}: count mismatch: {vectors.shape[0]} rows, "
-                             f"manifest says {section['items']}")
+        raise IndexFileError(
+            f"{path}: count mismatch: {vectors.shape[0]} rows, manifest says {section['items']}"
+        )
     return vectors
 
 
@@ -308,10 +318,12 @@ def _read_items(path: Path, section: dict[str, Any]) -> list[dict[str, Any]]:
         raise IndexFileError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(items, list) or len(items) != section["items"]:
         got = len(items) if isinstance(items, list) else type(items).__name__
-        raise IndexFileError(f"{path}: count mismatch: {got} items, "
-                             f"manifest says {section['items']}")
+        raise IndexFileError(
+            f"{path}: count mismatch: {got} items, manifest says {section['items']}"
+        )
     active = sum(1 for it in items if it.get("active"))
     if active != section["active"]:
-        raise IndexFileError(f"{path}: count mismatch: {active} active items, "
-                             f"manifest says {section['active']}")
+        raise IndexFileError(
+            f"{path}: count mismatch: {active} active items, manifest says {section['active']}"
+        )
     return items

@@ -33,8 +33,9 @@ log = logging.getLogger("index")
 TOMBSTONE_WARNING = 0.10  # suggest `compact` when this share of HNSW vectors is dead
 
 
-def add_items(bundle: str | Path, items: list[dict[str, Any]],
-              vectors: np.ndarray | None = None) -> dict[str, Any]:
+def add_items(
+    bundle: str | Path, items: list[dict[str, Any]], vectors: np.ndarray | None = None
+) -> dict[str, Any]:
     """Add new items ``[{id, title, genres?, features}]``; returns the new section.
 
     ``vectors`` (raw item-tower vectors [n, d]) skips the tower. An id that is already
@@ -45,14 +46,16 @@ def add_items(bundle: str | Path, items: list[dict[str, Any]],
         records = [_record(it) for it in items]
         _check_new([r["id"] for r in records], _active_ids(snap))
         new_ids = _append(snap, records, _vectors_for(root, snap, records, vectors))
-        section = store.write_version(root, snap, {"op": "add", "items": _ids(records),
-                                                   "internal_ids": new_ids})
+        section = store.write_version(
+            root, snap, {"op": "add", "items": _ids(records), "internal_ids": new_ids}
+        )
     _log("added", len(records), section, root)
     return section
 
 
-def replace_items(bundle: str | Path, items: list[dict[str, Any]],
-                  vectors: np.ndarray | None = None) -> dict[str, Any]:
+def replace_items(
+    bundle: str | Path, items: list[dict[str, Any]], vectors: np.ndarray | None = None
+) -> dict[str, Any]:
     """Give existing items a new vector: from new ``features``, or from ``vectors``.
 
     ``items`` are ``[{id, features?, title?, genres?}]``; omitted fields keep their values.
@@ -72,8 +75,9 @@ def replace_items(bundle: str | Path, items: list[dict[str, Any]],
         new_ids = _append(snap, records, fresh)
         for before, after in zip(old, new_ids, strict=True):
             snap.items[before]["replaced_by"] = after
-        section = store.write_version(root, snap, {"op": "replace", "items": _ids(records),
-                                                   "internal_ids": new_ids})
+        section = store.write_version(
+            root, snap, {"op": "replace", "items": _ids(records), "internal_ids": new_ids}
+        )
     _log("replaced", len(records), section, root)
     return section
 
@@ -87,12 +91,17 @@ def remove_items(bundle: str | Path, item_ids: list[str]) -> dict[str, Any]:
         if len(set(internal)) != len(internal):
             raise ValueError("the same item is listed twice")
         _deactivate(snap, internal)
-        section = store.write_version(root, snap, {"op": "remove", "items": list(item_ids),
-                                                   "internal_ids": internal})
+        section = store.write_version(
+            root, snap, {"op": "remove", "items": list(item_ids), "internal_ids": internal}
+        )
     _log("removed", len(internal), section, root)
     if section["tombstones"] > TOMBSTONE_WARNING * max(section["ntotal"], 1):
-        log.warning("%d of %d HNSW vectors are tombstones: run `python -m index compact "
-                    "--bundle %s`", section["tombstones"], section["ntotal"], root)
+        log.warning(
+            "%d of %d HNSW vectors are tombstones: run `python -m index compact --bundle %s`",
+            section["tombstones"],
+            section["ntotal"],
+            root,
+        )
     return section
 
 
@@ -110,11 +119,20 @@ def compact(bundle: str | Path, progress: bool = False) -> dict[str, Any]:
         dropped = len(snap.tombstones())
         snap.index, snap.spec = factory.build(spec, x, active, progress), spec
         seconds = time.perf_counter() - start
-        section = store.write_version(root, snap, {"op": "compact", "seconds": round(seconds, 3),
-                                                   "tombstones_dropped": dropped})
-    log.info("compacted %s index v%04d: %d active items, %d tombstones dropped, %.1f s → %s",
-             spec.label(), section["version"], section["active"], dropped, seconds,
-             root / section["path"])
+        section = store.write_version(
+            root,
+            snap,
+            {"op": "compact", "seconds": round(seconds, 3), "tombstones_dropped": dropped},
+        )
+    log.info(
+        "compacted %s index v%04d: %d active items, %d tombstones dropped, %.1f s → %s",
+        spec.label(),
+        section["version"],
+        section["active"],
+        dropped,
+        seconds,
+        root / section["path"],
+    )
     return section
 
 
@@ -131,8 +149,13 @@ def _record(item: dict[str, Any]) -> dict[str, Any]:
     genres = item.get("genres")
     if genres is None:
         genres = features.get("genres") or []
-    return {"id": str(item["id"]), "title": str(item.get("title") or ""),
-            "genres": list(genres), "features": features, "active": True}
+    return {
+        "id": str(item["id"]),
+        "title": str(item.get("title") or ""),
+        "genres": list(genres),
+        "features": features,
+        "active": True,
+    }
 
 
 def _merge(current: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
@@ -154,24 +177,27 @@ def _active_ids(snap: Snapshot) -> dict[str, int]:
 
 def _lookup(active: dict[str, int], item_id: str, snap: Snapshot) -> int:
     if item_id not in active:
-        state = "was removed from" if any(it["id"] == item_id for it in snap.items) \
-            else "is not in"
-        raise UnknownItemError(item_id, f"item {item_id!r} {state} the index "
-                                        f"(v{snap.section['version']:04d})")
+        state = "was removed from" if any(it["id"] == item_id for it in snap.items) else "is not in"
+        raise UnknownItemError(
+            item_id, f"item {item_id!r} {state} the index (v{snap.section['version']:04d})"
+        )
     return active[item_id]
 
 
 def _check_new(new: list[str], active: dict[str, int]) -> None:
     clash = sorted(set(new) & set(active))
     if clash:
-        raise ValueError(f"item id(s) already in the index: {', '.join(clash[:10])} "
-                         "(use `replace` to change an item)")
+        raise ValueError(
+            f"item id(s) already in the index: {', '.join(clash[:10])} "
+            "(use `replace` to change an item)"
+        )
     if len(set(new)) != len(new):
         raise ValueError("the same new item id is listed twice")
 
 
-def _vectors_for(root: Path, snap: Snapshot, records: list[dict[str, Any]],
-                 given: np.ndarray | None) -> np.ndarray:
+def _vectors_for(
+    root: Path, snap: Snapshot, records: list[dict[str, Any]], given: np.ndarray | None
+) -> np.ndarray:
     """Given vectors (checked) or item-tower vectors from the records' features."""
     if given is None:
         return embed.item_vectors(root, [r["features"] for r in records])
@@ -203,7 +229,15 @@ def _deactivate(snap: Snapshot, internal: list[int]) -> None:
 
 
 def _log(verb: str, n: int, section: dict[str, Any], root: Path) -> None:
-    log.info("%s %d item(s): %s index v%04d, %d items (%d active, %d tombstones), %s → %s",
-             verb, n, section["kind"], section["version"], section["items"], section["active"],
-             section["tombstones"], human_bytes(section["files"][store.FAISS_FILE]["bytes"]),
-             root / section["path"])
+    log.info(
+        "%s %d item(s): %s index v%04d, %d items (%d active, %d tombstones), %s → %s",
+        verb,
+        n,
+        section["kind"],
+        section["version"],
+        section["items"],
+        section["active"],
+        section["tombstones"],
+        human_bytes(section["files"][store.FAISS_FILE]["bytes"]),
+        root / section["path"],
+    )
