@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.data.base import DataFormatError, Dataset, FeatureColumn
-from training.data.download import DownloadError, download
+from training.data.download import DownloadError
+from training.data.download import download as fetch
 from training.data.generic import load_generic
 from training.data.movielens import load_ml1m, load_ml20m, load_ml100k
 from training.data.synthetic import generate
@@ -19,8 +20,7 @@ _MOVIELENS = {  # name -> (loader, a file its directory must hold)
 }
 
 __all__ = ["DATASETS", "Dataset", "DataFormatError", "DownloadError", "FeatureColumn",
-           "download", "generate", "load_dataset", "load_generic", "load_ml100k", "load_ml1m",
-           "load_ml20m"]
+           "generate", "load_dataset", "load_generic", "load_ml100k", "load_ml1m", "load_ml20m"]
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, **kwargs) -> Dataset:
@@ -38,7 +38,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, **kwargs) -> Dat
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     loader, probe = _MOVIELENS[name]
     if data_dir is None:
-        return loader(download(name, CACHE.expanduser()))
+        return loader(fetch(name, CACHE.expanduser()))
     data_dir = Path(data_dir)
     if not (data_dir / probe).is_file() and (data_dir / name / probe).is_file():
         data_dir = data_dir / name
