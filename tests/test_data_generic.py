@@ -99,7 +99,10 @@ def test_bad_interaction_values_name_file_row_and_column(tmp_path: Path, ext: st
 
 def test_bad_feature_values_and_tables(tmp_path: Path):
     write(tmp_path, "csv", users=USERS.assign(age=["25", "old"]))
-    with pytest.raises(DataFormatError, match=r"users.csv:3: line 3, column 'age': not a number"):
+    with pytest.raises(DataFormatError, match=r"users.csv:3: line 3, column 'age': not a finite"):
+        load_generic(tmp_path)
+    write(tmp_path, "csv", users=USERS.assign(age=["NaN", "3"]))
+    with pytest.raises(DataFormatError, match=r"users.csv:2: line 2, column 'age': not a finite"):
         load_generic(tmp_path)
     write(tmp_path, "csv", items=ITEMS.drop(columns="tags"))
     with pytest.raises(DataFormatError, match=r"items.csv: missing column\(s\) tags"):

@@ -138,9 +138,12 @@ def _value(table: _Table, row: int, column: FeatureColumn, separator: str, value
     if column.kind == "categorical":
         return str(value).strip()
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise table.error(row, column.name, f"not a number: {value!r}") from None
+        number = float("nan")
+    if not np.isfinite(number):
+        raise table.error(row, column.name, f"not a finite number: {value!r}")
+    return number
 
 
 def _features(config_path: Path, section: str, config: dict, key: str):

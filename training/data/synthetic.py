@@ -26,6 +26,7 @@ OCCUPATIONS = ["artist", "engineer", "student", "teacher", "doctor", "lawyer", "
                "retired"]
 AGE_GROUPS = [25, 35, 50]  # ages below each boundary form a group; 4 groups
 START = 946_684_800  # 2000-01-01 UTC
+STEP_CDF = np.cumsum([0.6, 0.25, 0.15])  # a ring step moves 1, 2 or 3 items ahead
 
 
 def generate(n_users: int = 1000, n_items: int = 500, seed: int = 0, n_clusters: int = 10,
@@ -83,13 +84,12 @@ def generate(n_users: int = 1000, n_items: int = 500, seed: int = 0, n_clusters:
         while len(history) < min(length, n_items):
             c, r = int(cluster[current]), rng.random()
             if r < p_step:
-                ring = rings[c]
-                nxt = int(ring[(position[current] + rng.choice(3, p=[0.6, 0.25, 0.15]) + 1)
-                               % len(ring)])
+                ahead = 1 + int(np.searchsorted(STEP_CDF, rng.random()))
+                nxt = int(rings[c][(position[current] + ahead) % len(rings[c])])
             elif r < p_step + p_cluster:
                 nxt = int(rings[c][popular(cum_cluster[c])])
             elif r < p_step + p_cluster + p_hop:
-                c = home if c != home else (c + rng.choice([-1, 1])) % n_clusters
+                c = home if c != home else (c + 2 * int(rng.integers(2)) - 1) % n_clusters
                 nxt = int(rings[c][popular(cum_cluster[c])])
             else:
                 nxt = popular(cum_all)
