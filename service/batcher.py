@@ -28,13 +28,21 @@ class _Ticket:
 
 
 class Batcher:
-    def __init__(self, metrics: Metrics, *, enabled: bool, window_s: float, max_batch: int,
-                 torch_threads: int = 1):
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        enabled: bool,
+        window_s: float,
+        max_batch: int,
+        torch_threads: int = 1,
+    ):
         self.metrics = metrics
         self.enabled, self.window_s, self.max_batch = enabled, window_s, max_batch
         self.torch_threads = torch_threads
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="towerrec-compute",
-                                           initializer=self._init_thread)
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="towerrec-compute", initializer=self._init_thread
+        )
         self._queue: asyncio.Queue[_Ticket] | None = None
         self._task: asyncio.Task | None = None
 
@@ -98,7 +106,8 @@ class Batcher:
                 jobs = [job for ticket in group for job in ticket.jobs]
                 try:
                     results, timing = await loop.run_in_executor(
-                        self.executor, group[0].engine.run, jobs)
+                        self.executor, group[0].engine.run, jobs
+                    )
                 except asyncio.CancelledError:
                     for ticket in group:
                         if not ticket.future.done():
@@ -115,5 +124,5 @@ class Batcher:
                 for ticket in group:
                     n = len(ticket.jobs)
                     if not ticket.future.done():
-                        ticket.future.set_result(results[pos:pos + n])
+                        ticket.future.set_result(results[pos : pos + n])
                     pos += n

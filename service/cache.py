@@ -50,7 +50,9 @@ def input_digest(features: dict[str, Any] | None, recent_items: list[str]) -> st
     """SHA-256 of the canonical JSON of the explicit inputs (features + recent items)."""
     canonical = json.dumps(
         {"features": features or {}, "recent_items": recent_items},
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -68,16 +70,27 @@ def from_bytes(raw: bytes, dim: int) -> np.ndarray | None:
 class RedisLink:
     """One redis.asyncio client behind a circuit breaker shared by the cache and history."""
 
-    def __init__(self, url: str, *, timeout_s: float, retry_s: float, log_interval_s: float,
-                 on_error: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        retry_s: float,
+        log_interval_s: float,
+        on_error: Callable[[], None] = lambda: None,
+    ):
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         self.url = url
         self.client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=False,
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=False,
         )
         self.retry_s = retry_s
         self.log_interval_s = log_interval_s
@@ -123,8 +136,12 @@ class RedisLink:
         now = time.monotonic()
         if now - self._last_log >= self.log_interval_s:
             self._last_log = now
-            log.warning("redis at %s failed (%s); serving without it, retrying every %.1fs",
-                        self.url, self.last_error, self.retry_s)
+            log.warning(
+                "redis at %s failed (%s); serving without it, retrying every %.1fs",
+                self.url,
+                self.last_error,
+                self.retry_s,
+            )
 
     async def ping(self, *, force: bool = False) -> tuple[bool, str]:
         try:
@@ -151,8 +168,14 @@ class VectorCache:
     async def get(self, key: str) -> tuple[bytes | None, str]:
         raise NotImplementedError
 
-    async def set(self, key: str, value: bytes, *, history_key: str | None = None,
-                  history_fp: str | None = None) -> None:
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        history_key: str | None = None,
+        history_fp: str | None = None,
+    ) -> None:
         raise NotImplementedError
 
     async def ping(self) -> tuple[bool, str]:
@@ -175,8 +198,14 @@ class NullCache(VectorCache):
 class LocalCache(VectorCache):
     """Bounded in-process LRU with per-entry TTL (the default without REDIS_URL)."""
 
-    def __init__(self, prefix: str, *, size: int, ttl_s: float,
-                 history_fp: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        size: int,
+        ttl_s: float,
+        history_fp: Callable[[str], str] | None = None,
+    ):
         super().__init__(prefix)
         self.size, self.ttl_s = size, ttl_s
         self.history_fp = history_fp
@@ -191,10 +220,19 @@ class LocalCache(VectorCache):
         self._data.move_to_end(key)
         return entry[1], "hit"
 
-    async def set(self, key: str, value: bytes, *, history_key: str | None = None,
-                  history_fp: str | None = None) -> None:
-        if history_key is not None and self.history_fp is not None \
-                and self.history_fp(history_key) != history_fp:
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        history_key: str | None = None,
+        history_fp: str | None = None,
+    ) -> None:
+        if (
+            history_key is not None
+            and self.history_fp is not None
+            and self.history_fp(history_key) != history_fp
+        ):
             return  # the user's events changed while the vector was computed
         self._data[key] = (time.monotonic() + self.ttl_s, value)
         self._data.move_to_end(key)
@@ -222,14 +260,21 @@ class RedisCache(VectorCache):
             return None, "off"
         return raw, "hit" if raw is not None else "miss"
 
-    async def set(self, key: str, value: bytes, *, history_key: str | None = None,
-                  history_fp: str | None = None) -> None:
+    async def set(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        history_key: str | None = None,
+        history_fp: str | None = None,
+    ) -> None:
         try:
             if history_key is None:
                 await self.link.run(lambda: self.link.client.set(key, value, ex=self.ttl_s))
             else:
-                await self.link.run(lambda: self._cas(
-                    keys=[history_key, key], args=[history_fp, value, self.ttl_s]))
+                await self.link.run(
+                    lambda: self._cas(keys=[history_key, key], args=[history_fp, value, self.ttl_s])
+                )
         except CacheUnavailable:
             pass
 

@@ -80,8 +80,9 @@ class Settings(BaseSettings):
         None, description="If set, every endpoint but /healthz and /readyz needs X-API-Key."
     )
     admin_api_key: SecretStr | None = Field(
-        None, description="Key for /admin/* (sent as X-API-Key); unset = admin only when "
-        "no API_KEY is set either."
+        None,
+        description="Key for /admin/* (sent as X-API-Key); unset = admin only when "
+        "no API_KEY is set either.",
     )
     public_docs: bool = Field(
         False, description="Serve /docs and /openapi.json without the API key."

@@ -93,8 +93,9 @@ class Engine:
         self.tower = bundle.load_towers(self.path).user_tower.eval()
         self.index = ItemIndex.load(self.path, mmap=mmap, threads=faiss_threads)
         if self.index.dim != self.cfg.dim:
-            raise BundleError(f"{self.path}: index dim {self.index.dim} != model dim "
-                              f"{self.cfg.dim}")
+            raise BundleError(
+                f"{self.path}: index dim {self.index.dim} != model dim {self.cfg.dim}"
+            )
         self.specs: list[FeatureSpec] = self.cfg.specs("user")
         self.spec_by_name = {s.name: s for s in self.specs}
         self.has_sequence = self.tower.encoder is not None
@@ -102,8 +103,7 @@ class Engine:
         self.has_user_ids = self.tower.user_ids is not None
         self.item_ids: list[str] = list(self.index.item_ids)
         self.n_items = len(self.item_ids)
-        self._internal = {ext: i for i, ext in enumerate(self.item_ids)
-                          if self.index.is_active(i)}
+        self._internal = {ext: i for i, ext in enumerate(self.item_ids) if self.index.is_active(i)}
         self.active_count = len(self._internal)
 
         self.users: dict[str, tuple[int, dict[str, Any], list[int]]] = {}
@@ -111,7 +111,8 @@ class Engine:
             history = [self._internal[i] for i in row.get("history", []) if i in self._internal]
             self.users[str(row["id"])] = (u + 1, row.get("features") or {}, history)
         self.popular_ids: list[int] = [
-            self._internal[i] for i in bundle.load_json(self.path, bundle.POPULARITY)
+            self._internal[i]
+            for i in bundle.load_json(self.path, bundle.POPULARITY)
             if i in self._internal
         ]
         self._meta: list[dict[str, Any]] = [self._metadata(i) for i in range(self.n_items)]
@@ -128,8 +129,11 @@ class Engine:
     # --- catalog ------------------------------------------------------------------------
     def _metadata(self, i: int) -> dict[str, Any]:
         meta = self.index.metadata(i)
-        return {"id": self.item_ids[i], "title": meta.get("title"),
-                "genres": list(meta.get("genres") or [])}
+        return {
+            "id": self.item_ids[i],
+            "title": meta.get("title"),
+            "genres": list(meta.get("genres") or []),
+        }
 
     def internal(self, item_id: str) -> int | None:
         """Internal id of an active catalog item, None for unknown / removed ids."""
@@ -152,8 +156,9 @@ class Engine:
                     mask |= self.genres[g]
             mask &= self._active_mask
             ids = np.flatnonzero(mask)
-            vectors = self.index.vectors(ids) if len(ids) else np.zeros((0, self.cfg.dim),
-                                                                         np.float32)
+            vectors = (
+                self.index.vectors(ids) if len(ids) else np.zeros((0, self.cfg.dim), np.float32)
+            )
             scale = None
             if self.index.normalized and len(ids):
                 norms = np.linalg.norm(vectors, axis=1)
@@ -183,8 +188,12 @@ class Engine:
             for i in range(self.n_items):
                 if len(out) == k:
                     break
-                if (self._active_mask[i] and i not in exclude and i not in listed
-                        and (allowed is None or allowed[i])):
+                if (
+                    self._active_mask[i]
+                    and i not in exclude
+                    and i not in listed
+                    and (allowed is None or allowed[i])
+                ):
                     out.append(i)
         return out
 
@@ -200,12 +209,15 @@ class Engine:
             width = max(lens)
             padded = np.zeros((n, width, d), dtype=np.float32)
             if width:
-                flat = [i for q, m in zip(queries, lens, strict=True) for i in q.sequence[-m:]
-                        ] if width else []
+                flat = (
+                    [i for q, m in zip(queries, lens, strict=True) for i in q.sequence[-m:]]
+                    if width
+                    else []
+                )
                 vectors = self.index.vectors(np.asarray(flat, dtype=np.int64))
                 pos = 0
                 for row, m in enumerate(lens):
-                    padded[row, :m] = vectors[pos:pos + m]
+                    padded[row, :m] = vectors[pos : pos + m]
                     pos += m
             seq = torch.from_numpy(padded)
             lengths = torch.tensor(lens, dtype=torch.long)
@@ -215,8 +227,9 @@ class Engine:
             out = self.tower(feats, seq, lengths, user_ids)
         return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
 
-    def _search_subset(self, vector: np.ndarray, k: int, subset: Subset,
-                       exclude: set[int]) -> tuple[list[int], list[float]]:
+    def _search_subset(
+        self, vector: np.ndarray, k: int, subset: Subset, exclude: set[int]
+    ) -> tuple[list[int], list[float]]:
         """Exact top-k among the items of a metadata filter (same scores as the index)."""
         if not len(subset.ids):
             return [], []

@@ -33,8 +33,9 @@ class HistoryStore:
         """Raises CacheUnavailable when the store cannot be read."""
         raise NotImplementedError
 
-    async def get_with_vector(self, user_id: str, cache: VectorCache, vec_key: str | None
-                              ) -> tuple[list[str] | None, bytes | None, str]:
+    async def get_with_vector(
+        self, user_id: str, cache: VectorCache, vec_key: str | None
+    ) -> tuple[list[str] | None, bytes | None, str]:
         """(event history or None if unreadable, cached vector, cache status)."""
         try:
             history = await self.get(user_id)
@@ -74,7 +75,7 @@ class LocalHistory(HistoryStore):
 
     async def append(self, events: dict[str, list[str]], invalidate: list[str]) -> None:
         for user_id, items in events.items():
-            merged = (self._data.get(user_id, []) + items)[-self.history_len:]
+            merged = (self._data.get(user_id, []) + items)[-self.history_len :]
             self._data[user_id] = merged
             self._data.move_to_end(user_id)
         while len(self._data) > self.max_users:
@@ -97,8 +98,9 @@ class RedisHistory(HistoryStore):
         raw = await self.link.run(lambda: self.link.client.lrange(self.key(user_id), 0, -1))
         return [x.decode() for x in raw]
 
-    async def get_with_vector(self, user_id: str, cache: VectorCache, vec_key: str | None
-                              ) -> tuple[list[str] | None, bytes | None, str]:
+    async def get_with_vector(
+        self, user_id: str, cache: VectorCache, vec_key: str | None
+    ) -> tuple[list[str] | None, bytes | None, str]:
         if vec_key is None or not (isinstance(cache, RedisCache) and cache.link is self.link):
             return await super().get_with_vector(user_id, cache, vec_key)
 

@@ -18,10 +18,38 @@ from prometheus_client import (
     generate_latest,
 )
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
-                   0.1, 0.25, 0.5, 1.0, 2.5)
-COMPUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05,
-                   0.1, 0.25, 1.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+COMPUTE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 
 
 class Metrics:
@@ -29,37 +57,64 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "towerrec_http_requests_total", "HTTP requests by route template and status",
-            ["method", "route", "status"], registry=r)
+            "towerrec_http_requests_total",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
         self.latency = Histogram(
-            "towerrec_http_request_duration_seconds", "HTTP latency by route template and status",
-            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.cache_hits = Counter("towerrec_cache_hits_total", "User-vector cache hits",
-                                  registry=r)
-        self.cache_misses = Counter("towerrec_cache_misses_total", "User-vector cache misses",
-                                    registry=r)
+            "towerrec_http_request_duration_seconds",
+            "HTTP latency by route template and status",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter("towerrec_cache_hits_total", "User-vector cache hits", registry=r)
+        self.cache_misses = Counter(
+            "towerrec_cache_misses_total", "User-vector cache misses", registry=r
+        )
         self.cache_errors = Counter(
-            "towerrec_cache_errors_total", "Redis calls that failed (timeouts, connection errors)",
-            registry=r)
+            "towerrec_cache_errors_total",
+            "Redis calls that failed (timeouts, connection errors)",
+            registry=r,
+        )
         self.model_info = Gauge(
-            "towerrec_model_info", "The model version being served (value 1)", ["version"],
-            registry=r, multiprocess_mode="livemax")
+            "towerrec_model_info",
+            "The model version being served (value 1)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.model_loaded = Gauge(
-            "towerrec_model_loaded_timestamp_seconds", "When the served bundle was loaded",
-            registry=r, multiprocess_mode="livemax")
-        self.reloads = Counter("towerrec_reloads_total", "Bundle reloads by result", ["result"],
-                               registry=r)
+            "towerrec_model_loaded_timestamp_seconds",
+            "When the served bundle was loaded",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.reloads = Counter(
+            "towerrec_reloads_total", "Bundle reloads by result", ["result"], registry=r
+        )
         self.inference = Histogram(
-            "towerrec_inference_seconds", "User-tower forward pass per batch",
-            buckets=COMPUTE_BUCKETS, registry=r)
-        self.search = Histogram("towerrec_search_seconds", "Index search per batch",
-                                buckets=COMPUTE_BUCKETS, registry=r)
+            "towerrec_inference_seconds",
+            "User-tower forward pass per batch",
+            buckets=COMPUTE_BUCKETS,
+            registry=r,
+        )
+        self.search = Histogram(
+            "towerrec_search_seconds", "Index search per batch", buckets=COMPUTE_BUCKETS, registry=r
+        )
         self.batch_size = Histogram(
-            "towerrec_batch_size", "Requests per micro-batch",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.strategy = Counter("towerrec_recommendations_total",
-                                "Answered /recommend requests by strategy", ["strategy"],
-                                registry=r)
+            "towerrec_batch_size",
+            "Requests per micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.strategy = Counter(
+            "towerrec_recommendations_total",
+            "Answered /recommend requests by strategy",
+            ["strategy"],
+            registry=r,
+        )
 
     def set_model(self, version: str) -> None:
         self.model_info.clear()

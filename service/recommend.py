@@ -37,8 +37,9 @@ from service.schemas import Item, RecommendRequest, RecommendResponse
 Loc = tuple[str | int, ...]
 
 
-def error(loc: Loc, msg: str, type_: str = "value_error", input_: Any = None,
-          ctx: dict | None = None) -> dict:
+def error(
+    loc: Loc, msg: str, type_: str = "value_error", input_: Any = None, ctx: dict | None = None
+) -> dict:
     """One error in the shape of pydantic's (what FastAPI puts in a 422 ``detail``)."""
     out = {"type": type_, "loc": loc, "msg": msg, "input": input_}
     if ctx:
@@ -47,22 +48,33 @@ def error(loc: Loc, msg: str, type_: str = "value_error", input_: Any = None,
 
 
 def too_long(loc: Loc, value: list, limit: int, setting: str) -> dict:
-    return error(loc, f"List should have at most {limit} items after validation, not "
-                      f"{len(value)} ({setting})", "too_long", value,
-                 {"field_type": "List", "max_length": limit, "actual_length": len(value)})
+    return error(
+        loc,
+        f"List should have at most {limit} items after validation, not {len(value)} ({setting})",
+        "too_long",
+        value,
+        {"field_type": "List", "max_length": limit, "actual_length": len(value)},
+    )
 
 
 def check_limits(req: RecommendRequest, loc: Loc, settings: Settings) -> list[dict]:
     errors = []
     if req.k > settings.max_k:
-        errors.append(error((*loc, "k"), f"Input should be less than or equal to "
-                                         f"{settings.max_k} (MAX_K)", "less_than_equal",
-                            req.k, {"le": settings.max_k}))
+        errors.append(
+            error(
+                (*loc, "k"),
+                f"Input should be less than or equal to {settings.max_k} (MAX_K)",
+                "less_than_equal",
+                req.k,
+                {"le": settings.max_k},
+            )
+        )
     for name in ("recent_items", "exclude_items"):
         value = getattr(req, name)
         if value is not None and len(value) > settings.max_recent_items:
-            errors.append(too_long((*loc, name), value, settings.max_recent_items,
-                                   "MAX_RECENT_ITEMS"))
+            errors.append(
+                too_long((*loc, name), value, settings.max_recent_items, "MAX_RECENT_ITEMS")
+            )
     return errors
 
 
@@ -73,8 +85,9 @@ _KIND_TYPES = {
 }
 
 
-def check_features(features: dict[str, Any] | None, loc: Loc, engine: Engine
-                   ) -> tuple[list[dict], dict[str, Any]]:
+def check_features(
+    features: dict[str, Any] | None, loc: Loc, engine: Engine
+) -> tuple[list[dict], dict[str, Any]]:
     """(errors, unknown values). Names must be the bundle's user features; values of the
     kind's type; values training never saw are reported, not refused."""
     errors: list[dict] = []
@@ -85,17 +98,27 @@ def check_features(features: dict[str, Any] | None, loc: Loc, engine: Engine
     for name, value in features.items():
         spec = engine.spec_by_name.get(name)
         if spec is None:
-            errors.append(error((*loc, "features", name),
-                                f"unknown user feature {name!r}; known: {known_names}",
-                                "extra_forbidden", value))
+            errors.append(
+                error(
+                    (*loc, "features", name),
+                    f"unknown user feature {name!r}; known: {known_names}",
+                    "extra_forbidden",
+                    value,
+                )
+            )
             continue
         if value is None:
             continue
         types, label = _KIND_TYPES[spec.kind]
         if isinstance(value, bool) or not isinstance(value, types):
-            errors.append(error((*loc, "features", name),
-                                f"feature {name!r} ({spec.kind}) should be {label}",
-                                "type_error", value))
+            errors.append(
+                error(
+                    (*loc, "features", name),
+                    f"feature {name!r} ({spec.kind}) should be {label}",
+                    "type_error",
+                    value,
+                )
+            )
             continue
         _, known = spec.encode(value)
         if not known:
@@ -120,15 +143,17 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def validate(req: RecommendRequest, loc: Loc, engine: Engine, settings: Settings
-             ) -> tuple[list[dict], dict[str, Any]]:
+def validate(
+    req: RecommendRequest, loc: Loc, engine: Engine, settings: Settings
+) -> tuple[list[dict], dict[str, Any]]:
     errors = check_limits(req, loc, settings)
     feature_errors, unknown = check_features(req.features, loc, engine)
     return errors + feature_errors, unknown
 
 
-async def plan(req: RecommendRequest, engine: Engine, runtime: Runtime,
-               unknown_features: dict[str, Any]) -> Plan:
+async def plan(
+    req: RecommendRequest, engine: Engine, runtime: Runtime, unknown_features: dict[str, Any]
+) -> Plan:
     """Everything but the compute: resolve the inputs, read history and cache."""
     cache, history = runtime.cache, runtime.history
     unknown_items: list[str] = []
@@ -162,27 +187,38 @@ async def plan(req: RecommendRequest, engine: Engine, runtime: Runtime,
     if recent and not engine.has_sequence:
         warnings.append("this model has no sequence encoder; recent_items only exclude")
 
-    p = Plan(strategy="popular", k=req.k, exclude=exclude, allowed=allowed,
-             unknown_items=unknown_items, unknown_features=unknown_features,
-             warnings=warnings)
+    p = Plan(
+        strategy="popular",
+        k=req.k,
+        exclude=exclude,
+        allowed=allowed,
+        unknown_items=unknown_items,
+        unknown_features=unknown_features,
+        warnings=warnings,
+    )
     if req.exclude_seen:
         exclude.update(recent)
     bundle_user = engine.user(req.user_id) if req.user_id is not None else None
     events: list[str] | None = []
 
     if use_features or use_sequence:
-        p.strategy = ("features+sequence" if use_features and use_sequence
-                      else "features" if use_features else "sequence")
-        sequence = recent[-engine.cfg.max_len:] if use_sequence else []
+        p.strategy = (
+            "features+sequence"
+            if use_features and use_sequence
+            else "features"
+            if use_features
+            else "sequence"
+        )
+        sequence = recent[-engine.cfg.max_len :] if use_sequence else []
         p.query = Query(features=features if use_features else {}, sequence=sequence)
         p.cache_key = None
         if cache.enabled:
-            digest = input_digest(features if use_features else {},
-                                  [engine.item_ids[i] for i in sequence])
+            digest = input_digest(
+                features if use_features else {}, [engine.item_ids[i] for i in sequence]
+            )
             p.cache_key = cache.key(engine.version, "h", digest)
         if req.user_id is not None and req.exclude_seen:
-            events, raw, p.cache = await history.get_with_vector(req.user_id, cache,
-                                                                 p.cache_key)
+            events, raw, p.cache = await history.get_with_vector(req.user_id, cache, p.cache_key)
         elif p.cache_key is not None:
             raw, p.cache = await cache.get(p.cache_key)
         else:
@@ -195,7 +231,7 @@ async def plan(req: RecommendRequest, engine: Engine, runtime: Runtime,
             seq = (bundle_user[2] if bundle_user else []) + _known(engine, events or [])
             p.query = Query(
                 features=dict(bundle_user[1]) if bundle_user and engine.has_features else {},
-                sequence=seq[-engine.cfg.max_len:] if engine.has_sequence else [],
+                sequence=seq[-engine.cfg.max_len :] if engine.has_sequence else [],
                 user_index=bundle_user[0] if bundle_user else 0,
             )
             p.cache_key, p.cache = key, status
@@ -241,37 +277,60 @@ def item_list(engine: Engine, ids: list[int], scores: list[float] | None) -> lis
     out = []
     for n, i in enumerate(ids):
         meta = engine.item(i)
-        out.append(Item(item_id=meta["id"], score=None if scores is None else scores[n],
-                        title=meta["title"], genres=meta["genres"]))
+        out.append(
+            Item(
+                item_id=meta["id"],
+                score=None if scores is None else scores[n],
+                title=meta["title"],
+                genres=meta["genres"],
+            )
+        )
     return out
 
 
-def _response(engine: Engine, p: Plan, ids: list[int], scores: list[float] | None
-              ) -> RecommendResponse:
+def _response(
+    engine: Engine, p: Plan, ids: list[int], scores: list[float] | None
+) -> RecommendResponse:
     if len(ids) < p.k:
-        p.warnings.append(f"only {len(ids)} items left after exclusions and filter "
-                          f"(k={p.k})")
-    return RecommendResponse(items=item_list(engine, ids, scores), model_version=engine.version,
-                             strategy=p.strategy, cache=p.cache,
-                             unknown_items=p.unknown_items,
-                             unknown_features=p.unknown_features, warnings=p.warnings)
+        p.warnings.append(f"only {len(ids)} items left after exclusions and filter (k={p.k})")
+    return RecommendResponse(
+        items=item_list(engine, ids, scores),
+        model_version=engine.version,
+        strategy=p.strategy,
+        cache=p.cache,
+        unknown_items=p.unknown_items,
+        unknown_features=p.unknown_features,
+        warnings=p.warnings,
+    )
 
 
-async def answer(plans: list[Plan], engine: Engine, runtime: Runtime
-                 ) -> list[RecommendResponse]:
+async def answer(plans: list[Plan], engine: Engine, runtime: Runtime) -> list[RecommendResponse]:
     """Compute every plan that needs the model in one batch, then build the responses."""
     computed = [p for p in plans if p.query is not None]
-    jobs = [Job(query=None if p.vector is not None else p.query, vector=p.vector, k=p.k,
-                exclude=p.exclude, allowed=p.allowed) for p in computed]
+    jobs = [
+        Job(
+            query=None if p.vector is not None else p.query,
+            vector=p.vector,
+            k=p.k,
+            exclude=p.exclude,
+            allowed=p.allowed,
+        )
+        for p in computed
+    ]
     results = await runtime.batcher.run(engine, jobs)
     by_plan = {id(p): r for p, r in zip(computed, results, strict=True)}
 
     writes = []
     for p in computed:
         if p.vector is None and p.cache == "miss" and p.cache_key is not None:
-            writes.append(runtime.cache.set(
-                p.cache_key, to_bytes(by_plan[id(p)].vector),
-                history_key=p.history_key, history_fp=p.history_fp))
+            writes.append(
+                runtime.cache.set(
+                    p.cache_key,
+                    to_bytes(by_plan[id(p)].vector),
+                    history_key=p.history_key,
+                    history_fp=p.history_fp,
+                )
+            )
     if writes:
         await asyncio.gather(*writes)
 
@@ -286,8 +345,9 @@ async def answer(plans: list[Plan], engine: Engine, runtime: Runtime
     return out
 
 
-async def recommend(requests: list[RecommendRequest], engine: Engine, runtime: Runtime,
-                    locs: list[Loc]) -> list[RecommendResponse]:
+async def recommend(
+    requests: list[RecommendRequest], engine: Engine, runtime: Runtime, locs: list[Loc]
+) -> list[RecommendResponse]:
     """Validate all requests (422 naming every bad field), then answer them together."""
     errors: list[dict] = []
     unknowns = []
@@ -297,6 +357,10 @@ async def recommend(requests: list[RecommendRequest], engine: Engine, runtime: R
         unknowns.append(unknown)
     if errors:
         raise RequestValidationError(errors)
-    plans = await asyncio.gather(*(plan(req, engine, runtime, unknown)
-                                   for req, unknown in zip(requests, unknowns, strict=True)))
+    plans = await asyncio.gather(
+        *(
+            plan(req, engine, runtime, unknown)
+            for req, unknown in zip(requests, unknowns, strict=True)
+        )
+    )
     return await answer(list(plans), engine, runtime)

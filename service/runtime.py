@@ -45,10 +45,13 @@ class Runtime:
         self.link: RedisLink | None = None
         self.cache: VectorCache = NullCache(settings.cache_prefix)
         self.history: HistoryStore
-        self.batcher = Batcher(metrics, enabled=settings.microbatch,
-                               window_s=settings.batch_window_ms / 1000,
-                               max_batch=settings.batch_max,
-                               torch_threads=settings.torch_threads)
+        self.batcher = Batcher(
+            metrics,
+            enabled=settings.microbatch,
+            window_s=settings.batch_window_ms / 1000,
+            max_batch=settings.batch_max,
+            torch_threads=settings.torch_threads,
+        )
         self._reload_lock = asyncio.Lock()
         self._failed_stamp: tuple | None = None
         self._watcher: asyncio.Task | None = None
@@ -57,20 +60,29 @@ class Runtime:
     def _build_stores(self) -> None:
         s = self.settings
         if s.redis_url:
-            self.link = RedisLink(s.redis_url, timeout_s=s.redis_socket_timeout_s,
-                                  retry_s=s.redis_retry_s, log_interval_s=s.redis_log_interval_s,
-                                  on_error=self.metrics.cache_errors.inc)
+            self.link = RedisLink(
+                s.redis_url,
+                timeout_s=s.redis_socket_timeout_s,
+                retry_s=s.redis_retry_s,
+                log_interval_s=s.redis_log_interval_s,
+                on_error=self.metrics.cache_errors.inc,
+            )
             if s.cache_enabled:
                 self.cache = RedisCache(self.link, s.cache_prefix, ttl_s=s.cache_ttl_s)
-            self.history = RedisHistory(self.link, s.cache_prefix, history_len=s.history_len,
-                                        ttl_s=s.history_ttl_s)
+            self.history = RedisHistory(
+                self.link, s.cache_prefix, history_len=s.history_len, ttl_s=s.history_ttl_s
+            )
         else:
-            local_history = LocalHistory(history_len=s.history_len,
-                                         max_users=s.local_history_users, cache=self.cache)
+            local_history = LocalHistory(
+                history_len=s.history_len, max_users=s.local_history_users, cache=self.cache
+            )
             if s.cache_enabled:
-                self.cache = LocalCache(s.cache_prefix, size=s.cache_local_size,
-                                        ttl_s=s.cache_ttl_s,
-                                        history_fp=local_history.fingerprint)
+                self.cache = LocalCache(
+                    s.cache_prefix,
+                    size=s.cache_local_size,
+                    ttl_s=s.cache_ttl_s,
+                    history_fp=local_history.fingerprint,
+                )
                 local_history.cache = self.cache
             self.history = local_history
 
@@ -81,11 +93,15 @@ class Runtime:
         try:
             await self.reload(force=True)
         except ReloadError as e:
-            log.error("no model loaded at startup: %s (will retry when %s changes)",
-                      e, self.settings.artifacts_dir)
+            log.error(
+                "no model loaded at startup: %s (will retry when %s changes)",
+                e,
+                self.settings.artifacts_dir,
+            )
         if self.settings.reload_poll_s > 0:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch(),
-                                                                   name="bundle-watcher")
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(), name="bundle-watcher"
+            )
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -122,9 +138,13 @@ class Runtime:
             self._failed_stamp = None
             self.metrics.set_model(engine.version)
             self.metrics.reloads.labels(result="success").inc()
-            log.info("serving model %s from %s (loaded in %.2fs)%s", engine.version,
-                     engine.path, engine.load_seconds,
-                     f", replacing {previous}" if previous else "")
+            log.info(
+                "serving model %s from %s (loaded in %.2fs)%s",
+                engine.version,
+                engine.path,
+                engine.load_seconds,
+                f", replacing {previous}" if previous else "",
+            )
             return ReloadResult(True, engine.version, previous, "loaded")
 
     def _failed(self, stamp, previous: str | None, error: Exception) -> ReloadResult:
@@ -155,8 +175,11 @@ class Runtime:
 
     # --- health -------------------------------------------------------------------------
     async def readiness(self) -> tuple[bool, dict]:
-        info: dict = {"model_version": self.engine.version if self.engine else None,
-                      "cache": type(self.cache).__name__, "checked_at": time.time()}
+        info: dict = {
+            "model_version": self.engine.version if self.engine else None,
+            "cache": type(self.cache).__name__,
+            "checked_at": time.time(),
+        }
         ok = True
         reasons = []
         if self.engine is None:

@@ -34,24 +34,29 @@ def _no_duplicates(values: list[str] | None) -> list[str] | None:
 
 
 class Filter(StrictModel):
-    genres_any: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = (
-        Field(None, min_length=1, max_length=64,
-              description="Keep only items having at least one of these genres.")
+    genres_any: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Keep only items having at least one of these genres.",
     )
 
 
 class RecommendRequest(StrictModel):
     user_id: UserId | None = Field(
-        None, description="Known user (bundle users or /events); used when no explicit "
+        None,
+        description="Known user (bundle users or /events); used when no explicit "
         "features / recent_items are given, and for `exclude_seen`.",
     )
     features: dict[str, FeatureValue] | None = Field(
-        None, description="User features keyed by the bundle's user feature names; "
+        None,
+        description="User features keyed by the bundle's user feature names; "
         "unknown values map to the unknown bucket and are reported.",
         examples=[{"gender": "F", "age": 25, "occupation": "writer"}],
     )
     recent_items: list[ItemId] | None = Field(
-        None, description="Recently consumed item ids, newest last (at most MAX_RECENT_ITEMS, "
+        None,
+        description="Recently consumed item ids, newest last (at most MAX_RECENT_ITEMS, "
         "no duplicates). Unknown ids are dropped and reported in `unknown_items`.",
     )
     k: int = Field(10, ge=1, description="Number of items (1..MAX_K).")
@@ -125,8 +130,9 @@ class Event(StrictModel):
     user_id: UserId
     item_id: ItemId
     timestamp: float | None = Field(
-        None, description="Unix seconds. When every event of a call has one, they are "
-        "appended in timestamp order (ties keep their order); otherwise in the order given."
+        None,
+        description="Unix seconds. When every event of a call has one, they are "
+        "appended in timestamp order (ties keep their order); otherwise in the order given.",
     )
 
 

@@ -18,8 +18,9 @@ from fastapi.security import APIKeyHeader
 
 from service.config import Settings
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                              description="API_KEY (or ADMIN_API_KEY for /admin/*)")
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="API_KEY (or ADMIN_API_KEY for /admin/*)"
+)
 
 
 def _matches(given: str | None, secret) -> bool:
@@ -38,8 +39,9 @@ async def require_api_key(request: Request, key: str | None = Security(api_key_h
         return
     if _matches(key, settings.api_key) or _matches(key, settings.admin_api_key):
         return
-    raise HTTPException(401, "missing or invalid X-API-Key header",
-                        headers={"WWW-Authenticate": "ApiKey"})
+    raise HTTPException(
+        401, "missing or invalid X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
+    )
 
 
 async def require_admin_key(request: Request, key: str | None = Security(api_key_header)) -> None:
@@ -52,8 +54,9 @@ async def require_admin_key(request: Request, key: str | None = Security(api_key
         return
     if _matches(key, settings.api_key):
         raise HTTPException(403, "this key is not an admin key")
-    raise HTTPException(401, "missing or invalid admin X-API-Key header",
-                        headers={"WWW-Authenticate": "ApiKey"})
+    raise HTTPException(
+        401, "missing or invalid admin X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
+    )
 
 
 class BodyTooLarge(HTTPException):
@@ -71,9 +74,16 @@ class BodySizeLimitMiddleware:
 
     async def _reject(self, send) -> None:
         body = json.dumps({"detail": BodyTooLarge(self.limit).detail}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):

@@ -12,17 +12,25 @@ from service.security import require_admin_key
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
-@router.post("/reload", response_model=ReloadResponse,
-             summary="Reload the bundle; a broken bundle is refused (409) and the old "
-                     "one keeps serving",
-             responses={409: {"description": "The new bundle failed to load"}})
-async def reload(force: bool = Query(False, description="Reload even if unchanged"),
-                 runtime: Runtime = Depends(get_runtime)) -> ReloadResponse:
+@router.post(
+    "/reload",
+    response_model=ReloadResponse,
+    summary="Reload the bundle; a broken bundle is refused (409) and the old one keeps serving",
+    responses={409: {"description": "The new bundle failed to load"}},
+)
+async def reload(
+    force: bool = Query(False, description="Reload even if unchanged"),
+    runtime: Runtime = Depends(get_runtime),
+) -> ReloadResponse:
     previous = runtime.engine.version if runtime.engine else None
     try:
         result = await runtime.reload(force=force)
     except ReloadError as e:
         serving = f"; still serving {previous}" if previous else "; no model loaded"
         raise HTTPException(409, f"reload failed: {e}{serving}") from e
-    return ReloadResponse(reloaded=result.reloaded, model_version=result.version,
-                          previous_version=result.previous, message=result.message)
+    return ReloadResponse(
+        reloaded=result.reloaded,
+        model_version=result.version,
+        previous_version=result.previous,
+        message=result.message,
+    )

@@ -47,7 +47,10 @@ def build_router(dependencies: list) -> APIRouter:
     async def asset(name: str) -> FileResponse:
         if name not in ASSETS:
             raise HTTPException(404, f"no docs asset {name!r}")
-        return FileResponse(assets_dir() / name, media_type=ASSETS[name],
-                            headers={"Cache-Control": "public, max-age=86400"})
+        return FileResponse(
+            assets_dir() / name,
+            media_type=ASSETS[name],
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     return router

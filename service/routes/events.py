@@ -15,11 +15,16 @@ from service.schemas import Event, EventBatch, EventsResponse
 router = APIRouter(tags=["events"])
 
 
-@router.post("/events", response_model=EventsResponse,
-             summary="Record interactions: one event or {events: [...]}")
-async def post_events(body: EventBatch | Event = Body(...),
-                      engine: Engine = Depends(get_engine),
-                      runtime: Runtime = Depends(get_runtime)) -> EventsResponse:
+@router.post(
+    "/events",
+    response_model=EventsResponse,
+    summary="Record interactions: one event or {events: [...]}",
+)
+async def post_events(
+    body: EventBatch | Event = Body(...),
+    engine: Engine = Depends(get_engine),
+    runtime: Runtime = Depends(get_runtime),
+) -> EventsResponse:
     batch = isinstance(body, EventBatch)
     events = body.events if batch else [body]
     limit = runtime.settings.max_events
@@ -29,8 +34,9 @@ async def post_events(body: EventBatch | Event = Body(...),
     for n, event in enumerate(events):
         if engine.internal(event.item_id) is None:
             loc = ("body", "events", n, "item_id") if batch else ("body", "item_id")
-            errors.append(error(loc, f"unknown item id {event.item_id!r}", "unknown_item",
-                                event.item_id))
+            errors.append(
+                error(loc, f"unknown item id {event.item_id!r}", "unknown_item", event.item_id)
+            )
     if errors:
         raise _invalid(errors)  # nothing of this batch is written
 
@@ -39,15 +45,22 @@ async def post_events(body: EventBatch | Event = Body(...),
     per_user: dict[str, list[str]] = {}
     for event in events:
         per_user.setdefault(event.user_id, []).append(event.item_id)
-    invalidate = [runtime.cache.key(engine.version, "u", user) for user in per_user] \
-        if runtime.cache.enabled else []
+    invalidate = (
+        [runtime.cache.key(engine.version, "u", user) for user in per_user]
+        if runtime.cache.enabled
+        else []
+    )
     try:
         await runtime.history.append(per_user, invalidate)
     except CacheUnavailable as e:
-        raise HTTPException(503, f"event store (redis) unavailable, nothing recorded: {e}",
-                            headers={"Retry-After": "1"}) from e
-    return EventsResponse(accepted=len(events), users=len(per_user),
-                          durable=runtime.history.durable)
+        raise HTTPException(
+            503,
+            f"event store (redis) unavailable, nothing recorded: {e}",
+            headers={"Retry-After": "1"},
+        ) from e
+    return EventsResponse(
+        accepted=len(events), users=len(per_user), durable=runtime.history.durable
+    )
 
 
 def _invalid(errors: list[dict]) -> RequestValidationError:

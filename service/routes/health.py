@@ -18,12 +18,16 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@public.get("/readyz", summary="Bundle loaded and Redis reachable (or no Redis configured)",
-            responses={503: {"description": "Not ready; `reason` says why"}})
+@public.get(
+    "/readyz",
+    summary="Bundle loaded and Redis reachable (or no Redis configured)",
+    responses={503: {"description": "Not ready; `reason` says why"}},
+)
 async def readyz(runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
     ok, info = await runtime.readiness()
-    return JSONResponse({"status": "ready" if ok else "not ready", **info},
-                        status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ready" if ok else "not ready", **info}, status_code=200 if ok else 503
+    )
 
 
 @protected.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -25,27 +25,42 @@ def _lookup(engine: Engine, item_id: str) -> int:
     return i
 
 
-@router.get("/similar-items/{item_id}", response_model=SimilarResponse,
-            summary="Nearest items in the index (the item itself excluded)")
-async def similar_items(item_id: str = ItemPath,
-                        k: int = Query(10, ge=1, description="1..MAX_K"),
-                        engine: Engine = Depends(get_engine),
-                        runtime: Runtime = Depends(get_runtime)) -> SimilarResponse:
+@router.get(
+    "/similar-items/{item_id}",
+    response_model=SimilarResponse,
+    summary="Nearest items in the index (the item itself excluded)",
+)
+async def similar_items(
+    item_id: str = ItemPath,
+    k: int = Query(10, ge=1, description="1..MAX_K"),
+    engine: Engine = Depends(get_engine),
+    runtime: Runtime = Depends(get_runtime),
+) -> SimilarResponse:
     if k > runtime.settings.max_k:
-        raise RequestValidationError([error(
-            ("query", "k"), f"Input should be less than or equal to {runtime.settings.max_k} "
-            "(MAX_K)", "less_than_equal", k, {"le": runtime.settings.max_k})])
+        raise RequestValidationError(
+            [
+                error(
+                    ("query", "k"),
+                    f"Input should be less than or equal to {runtime.settings.max_k} (MAX_K)",
+                    "less_than_equal",
+                    k,
+                    {"le": runtime.settings.max_k},
+                )
+            ]
+        )
     i = _lookup(engine, item_id)
     ids, scores = await asyncio.get_running_loop().run_in_executor(
-        runtime.batcher.executor, engine.similar, i, k)
-    return SimilarResponse(item_id=item_id, items=item_list(engine, ids, scores),
-                           model_version=engine.version)
+        runtime.batcher.executor, engine.similar, i, k
+    )
+    return SimilarResponse(
+        item_id=item_id, items=item_list(engine, ids, scores), model_version=engine.version
+    )
 
 
 @router.get("/items/{item_id}", response_model=ItemResponse, summary="Item metadata")
-async def get_item(item_id: str = ItemPath, engine: Engine = Depends(get_engine)
-                   ) -> ItemResponse:
+async def get_item(item_id: str = ItemPath, engine: Engine = Depends(get_engine)) -> ItemResponse:
     i = _lookup(engine, item_id)
     meta = engine.item(i)
-    return ItemResponse(item_id=item_id, title=meta["title"], genres=meta["genres"],
-                        active=engine.is_active(i))
+    return ItemResponse(
+        item_id=item_id, title=meta["title"], genres=meta["genres"], active=engine.is_active(i)
+    )

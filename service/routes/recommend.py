@@ -14,25 +14,36 @@ from service.schemas import BatchRequest, BatchResponse, RecommendRequest, Recom
 router = APIRouter(tags=["recommend"])
 
 
-@router.post("/recommend", response_model=RecommendResponse,
-             summary="Top-k items for one user (features, recent items, a known user id, "
-                     "or popularity)")
-async def recommend_one(body: RecommendRequest, engine: Engine = Depends(get_engine),
-                        runtime: Runtime = Depends(get_runtime)) -> RecommendResponse:
+@router.post(
+    "/recommend",
+    response_model=RecommendResponse,
+    summary="Top-k items for one user (features, recent items, a known user id, or popularity)",
+)
+async def recommend_one(
+    body: RecommendRequest,
+    engine: Engine = Depends(get_engine),
+    runtime: Runtime = Depends(get_runtime),
+) -> RecommendResponse:
     (response,) = await recommend([body], engine, runtime, [("body",)])
     return response
 
 
-@router.post("/recommend/batch", response_model=BatchResponse,
-             summary="Up to MAX_BATCH /recommend bodies, answered in order with one forward "
-                     "pass and one index search")
-async def recommend_batch(body: BatchRequest, engine: Engine = Depends(get_engine),
-                          runtime: Runtime = Depends(get_runtime)) -> BatchResponse:
+@router.post(
+    "/recommend/batch",
+    response_model=BatchResponse,
+    summary="Up to MAX_BATCH /recommend bodies, answered in order with one forward "
+    "pass and one index search",
+)
+async def recommend_batch(
+    body: BatchRequest,
+    engine: Engine = Depends(get_engine),
+    runtime: Runtime = Depends(get_runtime),
+) -> BatchResponse:
     limit = runtime.settings.max_batch
     if len(body.requests) > limit:
-        raise RequestValidationError([too_long(("body", "requests"), body.requests, limit,
-                                               "MAX_BATCH")])
+        raise RequestValidationError(
+            [too_long(("body", "requests"), body.requests, limit, "MAX_BATCH")]
+        )
     locs = [("body", "requests", n) for n in range(len(body.requests))]
     responses = await recommend(body.requests, engine, runtime, locs)
     return BatchResponse(responses=responses, model_version=engine.version)
-
