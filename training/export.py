@@ -39,6 +39,7 @@ def export_bundle(
     report: dict[str, Any] | None = None,
     report_md: str = "",
     curve_png: Path | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """items: [{id, title, genres, features}], users: [{id, features, history}] (ids are
     external strings, history newest last), popularity: item ids, most popular first."""
@@ -63,5 +64,5 @@ def export_bundle(
         "dims": {"embedding": model.cfg.dim, "items": len(items), "users": len(users)},
         "metrics": metrics or {},
         "index": None,
-    }
+    } | (extra or {})
     return bundle.write_bundle(root, manifest, write)

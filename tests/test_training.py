@@ -1,0 +1,128 @@
+"""Training through its public interface: the CLI, the bundle it writes, the report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SYNTHETIC_ARGS
+
+from training import bundle
+from training.model import feature_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--epochs", "40", "--patience", "8", "--dim", "32", "--max-len", "20", "--no-progress"]
+
+
+def train_cli(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "training", "train", "--out", str(out), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **(env or {})})
+
+
+def test_synthetic_bundle_has_the_promised_files(trained_root):
+    manifest = bundle.read_manifest(trained_root)
+    bundle.verify(trained_root)
+    names = set(manifest["files"])
+    assert {bundle.MODEL_FILE, bundle.ITEM_EMBEDDINGS, bundle.ITEMS, bundle.USERS,
+            bundle.POPULARITY, bundle.CURVE, bundle.REPORT_JSON, bundle.REPORT_MD} <= names
+    assert manifest["model"]["score"] == "inner_product"
+    assert len(manifest["dataset"]["fingerprint"]) == 64
+    emb = bundle.load_array(bundle.resolve(trained_root) / bundle.ITEM_EMBEDDINGS)
+    assert emb.dtype == np.float32 and emb.shape == (manifest["dims"]["items"],
+                                                     manifest["dims"]["embedding"])
+    png = (bundle.resolve(trained_root) / bundle.CURVE).read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_towers_beat_popularity_by_a_wide_margin_on_synthetic(trained_root):
+    report = bundle.load_json(trained_root, bundle.REPORT_JSON)
+    assert report["protocol"] == "loo-full"
+    models = report["models"]
+    assert {"sasrec", "features-only", "sequence-only", "popularity", "item-knn", "ease",
+            "markov"} <= set(models)
+    pop = models["popularity"]["test"]["NDCG@10"]
+    assert models[report["selected"]]["test"]["NDCG@10"] > 2 * pop
+    assert models["features-only"]["test"]["NDCG@10"] > 1.2 * pop
+    for entry in models.values():
+        assert {"HR@10", "NDCG@10", "Recall@20", "MRR", "Coverage@10"} <= set(entry["test"])
+        assert {"HR@10", "NDCG@10"} <= set(entry["sampled100"])
+    assert "Sampled protocol" in (bundle.resolve(trained_root) / bundle.REPORT_MD).read_text()
+
+
+def test_every_inference_mode_gives_finite_vectors(trained_root):
+    model = bundle.load_towers(trained_root)
+    cfg = model.cfg
+    users = bundle.load_json(trained_root, bundle.USERS)[:4]
+    feats = feature_tensors(cfg.specs("user"), [u["features"] for u in users])
+    seq = torch.randn(4, 7, cfg.dim)
+    lengths = torch.tensor([7, 3, 1, 0])
+    with torch.inference_mode():
+        for args in ((feats, None, None), (None, seq, lengths), (feats, seq, lengths)):
+            vectors = model.user_tower(*args)
+            assert vectors.shape == (4, cfg.dim) and torch.isfinite(vectors).all()
+
+
+def test_if_changed_does_not_retrain(trained_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_root, root, symlinks=True)
+    before = bundle.resolve(root)
+    result = train_cli(root, *SYNTHETIC_ARGS, "--if-changed")
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stderr
+    assert bundle.resolve(root) == before
+
+
+def test_corrupt_bundle_file_is_named(trained_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_root, root, symlinks=True)
+    weights = bundle.resolve(root) / bundle.MODEL_FILE
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(bundle.BundleError, match="model.safetensors"):
+        bundle.load_towers(root)
+
+
+def test_malformed_data_names_file_and_line(tmp_path):
+    data = tmp_path / "ml"
+    data.mkdir()
+    (data / "u.data").write_text("1\t1\t5\t881250949\n1\tx\t3\t881250950\n")
+    (data / "u.user").write_text("1|24|M|technician|85711\n")
+    (data / "u.item").write_text("1|Toy Story (1995)|01-Jan-1995||url" + "|0" * 19 + "\n")
+    result = train_cli(tmp_path / "out", "--dataset", "ml-100k", "--data-dir", str(data))
+    assert result.returncode != 0
+    assert "u.data:2" in result.stderr
+    assert not (tmp_path / "out" / "current").exists()
+
+
+def test_ml100k_smoke_run_beats_popularity(tmp_path, ml100k):
+    result = train_cli(tmp_path / "out", "--dataset", "ml-100k", "--data-dir", str(ml100k),
+                       "--epochs", "12", "--patience", "12", "--no-baselines", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = bundle.load_json(tmp_path / "out", bundle.REPORT_JSON)
+    assert report["n_users"] == 943 and report["n_items"] == 1682
+    # popularity on this protocol: HR@10 0.086 / NDCG@10 0.045 (tests/test_baselines.py)
+    assert report["models"]["sasrec"]["test"]["NDCG@10"] > 0.05
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    args = ["--dataset", "synthetic", "--encoder", "gru", "--no-baselines", *QUICK]
+    single = train_cli(tmp_path / "single", *args)
+    assert single.returncode == 0, single.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "training", "train", "--out", str(tmp_path / "ddp"), "--distributed",
+           "--threads", "1", *args]
+    ddp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "rank 1 of 2" in ddp.stderr
+    one = bundle.load_json(tmp_path / "single", bundle.REPORT_JSON)["models"]["gru"]["test"]
+    two = bundle.load_json(tmp_path / "ddp", bundle.REPORT_JSON)["models"]["gru"]["test"]
+    assert two["NDCG@10"] == pytest.approx(one["NDCG@10"], rel=0.15)

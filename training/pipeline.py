@@ -1,0 +1,209 @@
+"""One training run, top to bottom: data -> split -> towers -> baselines -> report -> bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from training import bundle
+from training.baselines import run_baselines
+from training.data import load_dataset
+from training.data.base import Dataset, FeatureColumn
+from training.export import export_bundle
+from training.features import FeatureSpec
+from training.metrics import evaluate
+from training.model import TowerConfig, TwoTower, feature_tensors
+from training.report import markdown, plot_curves
+from training.scoring import TowerScorer
+from training.split import Split, leave_one_out
+from training.train import History, TrainConfig, Trainer, is_main_process
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    encoders: list[str] = field(default_factory=lambda: ["sasrec"])
+    dim: int = 64
+    max_len: int = 50
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    user_id_embedding: bool = False
+    baselines: bool = True
+    threads: int = 2
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def fit_specs(columns: list[FeatureColumn], rows: list[dict]) -> list[FeatureSpec]:
+    return [FeatureSpec.fit(c.name, c.kind, (r.get(c.name) for r in rows),
+                            boundaries=c.boundaries, prefix=c.prefix) for c in columns]
+
+
+def up_to_date(out: Path, ds: Dataset, cfg: RunConfig) -> bool:
+    """True when ``out/current`` was trained on this data with this configuration."""
+    try:
+        manifest = bundle.read_manifest(out)
+        bundle.verify(out)
+    except bundle.BundleError:
+        return False
+    return (manifest["dataset"].get("fingerprint") == ds.fingerprint()
+            and manifest.get("run_digest") == cfg.digest())
+
+
+class Run:
+    """Everything one run needs: the data, its split, and encoded features."""
+
+    def __init__(self, ds: Dataset, cfg: RunConfig):
+        self.ds, self.cfg = ds, cfg
+        self.split: Split = leave_one_out(ds)
+        self.user_specs = fit_specs(ds.user_columns, ds.user_features)
+        self.item_specs = fit_specs(ds.item_columns, ds.item_features)
+        self.item_feats = feature_tensors(self.item_specs, ds.item_features)
+        self.user_feats = feature_tensors(self.user_specs, ds.user_features)
+
+    def tower_config(self, encoder: str) -> TowerConfig:
+        c = self.cfg
+        return TowerConfig(
+            n_items=self.ds.n_items, n_users=self.ds.n_users, dim=c.dim, encoder=encoder,
+            max_len=c.max_len, n_layers=c.n_layers, n_heads=c.n_heads, dropout=c.dropout,
+            user_id_embedding=c.user_id_embedding,
+            user_features=[s.to_dict() for s in self.user_specs],
+            item_features=[s.to_dict() for s in self.item_specs],
+        )
+
+    def scorer(self, model: TwoTower, mode: str = "combined") -> TowerScorer:
+        return TowerScorer(model, self.item_feats, self.user_feats, mode)
+
+    def valid_metrics(self, model: TwoTower) -> dict[str, float]:
+        metrics = evaluate(self.scorer(model), self.split, "valid", ks=(10,))["full"]
+        model.train()
+        return metrics
+
+    def train(self, encoder: str, checkpoint: Path | None, progress: bool):
+        torch.manual_seed(self.cfg.train.seed)
+        model = TwoTower(self.tower_config(encoder))
+        trainer = Trainer(model, self.split, self.item_feats, self.user_feats, self.cfg.train)
+        start = time.perf_counter()
+        history = trainer.fit(self.valid_metrics, progress=progress, checkpoint=checkpoint)
+        return model.eval(), history, time.perf_counter() - start
+
+    def report_entry(self, model: TwoTower, mode: str = "combined") -> dict:
+        scorer = self.scorer(model, mode)
+        valid = evaluate(scorer, self.split, "valid")["full"]
+        test = evaluate(scorer, self.split, "test", sampled=True, seed=self.cfg.train.seed)
+        return {"valid": valid, "test": test["full"], "sampled100": test["sampled100"]}
+
+
+def catalog(ds: Dataset) -> list[dict]:
+    return [{"id": item_id, "title": ds.titles[i] if ds.titles else "",
+             "genres": list(ds.item_features[i].get("genres") or []) if ds.item_features else [],
+             "features": ds.item_features[i] if ds.item_features else {}}
+            for i, item_id in enumerate(ds.item_ids)]
+
+
+def user_table(ds: Dataset, max_len: int) -> list[dict]:
+    """Every user's features and most recent items (all interactions, time order)."""
+    order = np.lexsort((np.arange(len(ds.users)), ds.timestamps, ds.users))
+    users, items = ds.users[order], ds.items[order]
+    bounds = np.searchsorted(users, np.arange(ds.n_users + 1))
+    return [{"id": user_id,
+             "features": ds.user_features[u] if ds.user_features else {},
+             "history": [ds.item_ids[i] for i in items[bounds[u]:bounds[u + 1]][-max_len:]]}
+            for u, user_id in enumerate(ds.user_ids)]
+
+
+def popularity(ds: Dataset) -> list[str]:
+    counts = Counter(ds.items.tolist())
+    ranked = sorted(range(ds.n_items), key=lambda i: (-counts.get(i, 0), i))
+    return [ds.item_ids[i] for i in ranked]
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(cfg: RunConfig, out: Path, *, if_changed: bool = False, progress: bool = True,
+        checkpoint_dir: Path | None = None) -> Path | None:
+    """Train every requested encoder, keep the best on validation, write the bundle.
+
+    Returns the bundle directory (None on non-zero DDP ranks, which don't write)."""
+    torch.set_num_threads(cfg.threads)
+    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    log.info("loaded %s: %d users, %d items, %d interactions from %s", ds.name, ds.n_users,
+             ds.n_items, len(ds.users), ds.source or cfg.data_dir)
+    if if_changed and up_to_date(out, ds, cfg):
+        log.info("bundle %s is up to date with this data and configuration; not retraining",
+                 bundle.resolve(out))
+        return bundle.resolve(out)
+    r = Run(ds, cfg)
+    trained, histories, models = {}, {}, {}
+    for encoder in cfg.encoders:
+        ckpt = checkpoint_dir / f"{cfg.digest()[:12]}-{encoder}.pt" if checkpoint_dir else None
+        model, histories[encoder], seconds = r.train(encoder, ckpt, progress)
+        trained[encoder] = model
+        models[encoder] = r.report_entry(model) | {
+            "train_seconds": seconds, "epochs": len(histories[encoder].epoch)}
+        log.info("%s: valid NDCG@10 %.4f, test NDCG@10 %.4f (%.0f s)", encoder,
+                 models[encoder]["valid"]["NDCG@10"], models[encoder]["test"]["NDCG@10"], seconds)
+    selected = max(trained, key=lambda e: models[e]["valid"]["NDCG@10"])
+    best = trained[selected]
+    if best.user_tower.features is not None and best.user_tower.encoder is not None:
+        for mode in ("features-only", "sequence-only"):
+            models[mode] = r.report_entry(best, mode)
+    if cfg.baselines:
+        models |= run_baselines(r.split, seed=cfg.train.seed)
+    if not is_main_process():
+        return None
+    return write(out, r, best, selected, models, histories)
+
+
+def write(out: Path, r: Run, best: TwoTower, selected: str, models: dict,
+          histories: dict[str, History]) -> Path:
+    ds, cfg = r.ds, r.cfg
+    version = bundle.new_version()
+    report = {"dataset": ds.name, "protocol": "loo-full", "version": version,
+              "n_users": ds.n_users, "n_items": ds.n_items, "n_interactions": int(len(ds.users)),
+              "selected": selected, "peak_memory_mb": peak_memory_mb(), "models": models}
+    summary = {k: models[selected][stage][k] for stage in ("valid", "test")
+               for k in ("HR@10", "NDCG@10")}
+    with tempfile.TemporaryDirectory() as tmp:
+        curve = plot_curves(histories, Path(tmp) / bundle.CURVE)
+        path = export_bundle(
+            out, best, items=catalog(ds), users=user_table(ds, best.cfg.max_len),
+            popularity=popularity(ds),
+            dataset={"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint(),
+                     "n_users": ds.n_users, "n_items": ds.n_items,
+                     "n_interactions": int(len(ds.users))},
+            train_config=cfg.to_dict(), metrics={"selected": selected, **summary},
+            report=report, report_md=markdown(report), curve_png=curve,
+            extra={"version": version, "run_digest": cfg.digest()},
+        )
+    log.info("wrote bundle %s (current -> %s)", path, path.name)
+    return path
+
+
+def init_distributed() -> None:
+    """Join the torchrun process group (gloo on CPU, nccl on GPU)."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)

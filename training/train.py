@@ -1,0 +1,237 @@
+"""The training loop: next-item prediction at every position, early stopping on validation.
+
+Each step takes a batch of users, a window of at most ``max_len + 1`` of their training
+items, and asks the user tower at every position (BOS, item 1, ..., item n-1) for the
+next item, scored against the item tower's vectors of the whole catalog (or a sampled
+subset). Branch dropout hides the feature or the sequence branch for some users, so
+features-only (cold user) and sequence-only (anonymous session) requests both work.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from training import losses
+from training.model import TwoTower
+from training.split import Split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    loss: str = "auto"  # auto | full | sampled
+    uniform_negatives: int = 2048
+    branch_dropout: float = 0.3  # per user: hide features (or sequence) with this probability
+    item_id_dropout: float = 0.1  # per step: embed this share of items from features alone
+    patience: int = 15  # epochs without validation NDCG@10 improvement before stopping
+    seed: int = 0
+
+
+@dataclass
+class History:
+    epoch: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    valid_ndcg10: list[float] = field(default_factory=list)
+    valid_hr10: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+
+class Batcher:
+    """Random windows of the users' training sequences as padded tensors."""
+
+    def __init__(self, sequences: list[np.ndarray], max_len: int, seed: int):
+        self.sequences = sequences
+        self.window = max_len + 1
+        self.rng = np.random.default_rng(seed)
+
+    def epoch(self, users: np.ndarray, batch_size: int):
+        users = users[self.rng.permutation(len(users))]
+        for start in range(0, len(users), batch_size):
+            yield self.batch(users[start:start + batch_size])
+
+    def batch(self, users: np.ndarray) -> dict[str, torch.Tensor]:
+        windows = []
+        for u in users:
+            seq = self.sequences[u]
+            slack = len(seq) - self.window
+            start = self.rng.integers(0, slack + 1) if slack > 0 else 0
+            windows.append(seq[start:start + self.window])
+        width = max(len(w) for w in windows)
+        targets = np.full((len(users), width), -1, dtype=np.int64)  # -1 = padding
+        for row, w in enumerate(windows):
+            targets[row, :len(w)] = w
+        return {"users": torch.as_tensor(users), "targets": torch.as_tensor(targets)}
+
+
+class NextItemObjective(torch.nn.Module):
+    """Loss of one batch: every position predicts the next item. A module, so that DDP
+    can wrap it (DDP synchronises gradients of whatever its wrapped forward computes)."""
+
+    def __init__(self, model: TwoTower, item_feats: dict[str, torch.Tensor],
+                 user_feats: dict[str, torch.Tensor], item_freq: torch.Tensor,
+                 cfg: TrainConfig, seed: int):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.item_feats, self.user_feats, self.item_freq = item_feats, user_feats, item_freq
+        self.loss_kind = losses.choose(cfg.loss, model.cfg.n_items)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """Item-tower vectors for 0-based ``ids``, some embedded from features alone."""
+        tower_ids = ids + 1
+        if self.training and self.cfg.item_id_dropout > 0:
+            drop = torch.rand(len(ids), generator=self.gen) < self.cfg.item_id_dropout
+            tower_ids = tower_ids.masked_fill(drop, 0)
+        feats = {k: v[ids] for k, v in self.item_feats.items()}
+        return self.model.item_tower(tower_ids, feats)
+
+    def branch_masks(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-user keep masks for (sequence, features); never drop both."""
+        p = self.cfg.branch_dropout
+        draw = torch.rand(n, generator=self.gen)
+        keep_seq, keep_feat = (draw >= p).float(), ((draw < p) | (draw >= 2 * p)).float()
+        if self.model.user_tower.features is None:
+            keep_seq, keep_feat = torch.ones(n), torch.zeros(n)
+        if self.model.user_tower.encoder is None:
+            keep_seq, keep_feat = torch.zeros(n), torch.ones(n)
+        return keep_seq, keep_feat
+
+    def forward(self, users: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """users [B] internal ids; targets [B, W] item windows right-padded with -1."""
+        n_items, valid, inputs = self.model.cfg.n_items, targets >= 0, targets[:, :-1]
+        if self.loss_kind == "full":
+            candidates = torch.arange(n_items)
+        else:
+            negatives = torch.randint(n_items, (self.cfg.uniform_negatives,), generator=self.gen)
+            candidates = torch.unique(torch.cat([targets[valid], negatives]))
+        cand_vectors = self.item_vectors(candidates)
+        # Sequence inputs reuse the candidates' vectors where possible (shared item tower).
+        needed = torch.unique(torch.cat([candidates, inputs[inputs >= 0]]))
+        vectors = cand_vectors if len(needed) == len(candidates) else self.item_vectors(needed)
+        seq = vectors[torch.searchsorted(needed, inputs.clamp(min=0))]
+        seq = seq * (inputs >= 0).unsqueeze(-1)
+
+        tower = self.model.user_tower
+        keep_seq, keep_feat = self.branch_masks(len(users))
+        u = torch.zeros(*targets.shape, self.model.cfg.dim)
+        if tower.encoder is not None:
+            u = u + tower.encode_sequence(seq) * keep_seq[:, None, None]
+        if tower.features is not None:
+            feats = {k: v[users] for k, v in self.user_feats.items()}
+            u = u + (tower.encode_features(feats) * keep_feat[:, None])[:, None, :]
+        if tower.user_ids is not None:
+            keep_id = (torch.rand(len(users), generator=self.gen) >= self.cfg.branch_dropout)
+            u = u + (tower.user_ids(users + 1) * keep_id[:, None])[:, None, :]
+        u, y = u[valid], targets[valid]
+        if self.loss_kind == "full":
+            return losses.full_softmax(u, cand_vectors, y)
+        return losses.sampled_softmax(u, cand_vectors, candidates, y, self.item_freq,
+                                      self.cfg.uniform_negatives)
+
+
+class Trainer:
+    def __init__(self, model: TwoTower, split: Split, item_feats: dict[str, torch.Tensor],
+                 user_feats: dict[str, torch.Tensor], cfg: TrainConfig):
+        self.model, self.split, self.cfg = model, split, cfg
+        counts = np.bincount(np.concatenate(split.train), minlength=model.cfg.n_items) + 1.0
+        item_freq = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
+        self.train_users = np.array([u for u, s in enumerate(split.train) if len(s) > 0])
+        self.ddp = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if self.ddp else 0
+        self.objective = NextItemObjective(model, item_feats, user_feats, item_freq, cfg,
+                                           seed=cfg.seed + rank)
+        self.step = (torch.nn.parallel.DistributedDataParallel(self.objective)
+                     if self.ddp else self.objective)
+        self.batcher = Batcher(split.train, model.cfg.max_len, cfg.seed + rank)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def train_epoch(self, users: np.ndarray) -> float:
+        self.step.train()
+        total, steps = 0.0, 0
+        for batch in self.batcher.epoch(users, self.cfg.batch_size):
+            loss = self.step(batch["users"], batch["targets"])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            self.opt.step()
+            total, steps = total + loss.item(), steps + 1
+        return total / max(steps, 1)
+
+    # -- the loop -------------------------------------------------------------
+    def fit(self, evaluate: Callable[[TwoTower], dict], *, progress: bool = True,
+            checkpoint: Path | None = None) -> History:
+        """Train until validation NDCG@10 stops improving; keep the best weights."""
+        history, best, best_state, start = History(), -math.inf, None, 0
+        if checkpoint is not None and checkpoint.is_file():
+            start, history, best, best_state = self.load_checkpoint(checkpoint)
+            log.info("resumed from %s at epoch %d", checkpoint, start)
+        shard = self.shard(self.train_users)
+        bar = tqdm(range(start, self.cfg.epochs), desc="train", disable=not progress,
+                   initial=start, total=self.cfg.epochs)
+        stale = len(history.epoch) - 1 - int(np.argmax(history.valid_ndcg10)) \
+            if history.epoch else 0
+        for epoch in bar:
+            t0 = time.perf_counter()
+            loss = self.train_epoch(shard)
+            metrics = evaluate(self.model)
+            ndcg, hr = metrics["NDCG@10"], metrics["HR@10"]
+            for key, value in (("epoch", epoch + 1), ("loss", loss), ("valid_ndcg10", ndcg),
+                               ("valid_hr10", hr), ("seconds", time.perf_counter() - t0)):
+                getattr(history, key).append(value)
+            if ndcg > best:
+                best, best_state, stale = ndcg, copy.deepcopy(self.model.state_dict()), 0
+            else:
+                stale += 1
+            bar.set_postfix(loss=f"{loss:.3f}", ndcg10=f"{ndcg:.4f}", best=f"{best:.4f}")
+            if checkpoint is not None and is_main_process():
+                self.save_checkpoint(checkpoint, epoch + 1, history, best, best_state)
+            if stale >= self.cfg.patience:
+                log.info("early stop at epoch %d: best validation NDCG@10 %.4f", epoch + 1, best)
+                break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        return history
+
+    def shard(self, users: np.ndarray) -> np.ndarray:
+        if not self.ddp:
+            return users
+        return users[dist.get_rank()::dist.get_world_size()]
+
+    def save_checkpoint(self, path: Path, epoch: int, history: History, best: float,
+                        best_state: dict | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"epoch": epoch, "model": self.model.state_dict(),
+                    "opt": self.opt.state_dict(), "history": asdict(history), "best": best,
+                    "best_state": best_state, "rng": self.objective.gen.get_state(),
+                    "np_rng": self.batcher.rng.bit_generator.state}, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path):
+        state = torch.load(path, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.objective.gen.set_state(state["rng"])
+        self.batcher.rng.bit_generator.state = state["np_rng"]
+        return state["epoch"], History(**state["history"]), state["best"], state["best_state"]
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
