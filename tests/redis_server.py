@@ -3,12 +3,15 @@
     from redis_server import RedisServer, redis_server  # the fixture
 
 ``RedisServer`` can also be killed and restarted mid-test (same port, empty data since
-persistence is off) to test what the service does while Redis is away.
+persistence is off), or paused (SIGSTOP: connections hang) to test what the service does
+while Redis is away or slow.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -81,9 +84,19 @@ class RedisServer:
     def kill(self) -> None:
         """SIGKILL (an outage, not a shutdown) and wait until the port is closed."""
         if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # in case it was paused
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the port stays open but nothing answers (a hung / very slow Redis)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def restart(self) -> RedisServer:
         self.kill()
