@@ -85,10 +85,10 @@ def percentiles(ms: np.ndarray) -> dict[str, float]:
 def faiss_search(index: ItemIndex) -> SearchFn:
     """The raw FAISS search of an ``ItemIndex`` (no exclusion handling, no exact fallback)."""
     raw = index.faiss_index
-    normalized = index.normalized
 
     def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return raw.search(factory.prepare(q, normalized), k)
+        params = factory.search_parameters(index.spec, k)
+        return raw.search(factory.prepare(q, index.normalized), k, params=params)
 
     return search
 

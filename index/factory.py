@@ -189,17 +189,20 @@ def set_search_defaults(index: faiss.Index, spec: IndexSpec) -> None:
         core.nprobe = spec.nprobe
 
 
-def search_parameters(spec: IndexSpec, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Per-call search parameters carrying ``selector`` plus the kind's own knob.
+def search_parameters(
+    spec: IndexSpec, k: int, selector: faiss.IDSelector | None = None
+) -> faiss.SearchParameters | None:
+    """Per-call search parameters for a top-``k`` search, optionally with an ``IDSelector``.
 
-    The kind-specific subclass matters: passing a plain ``SearchParameters`` to HNSW or IVF
-    would silently drop ``efSearch`` / ``nprobe`` back to defaults.
+    HNSW gets ``efSearch = max(ef_search, k)``: FAISS does not raise it by itself and returns
+    fewer than ``k`` results (``-1``) when ``efSearch < k``. The kind-specific subclass
+    matters: a plain ``SearchParameters`` would reset ``efSearch`` / ``nprobe`` to defaults.
     """
     if spec.kind == "hnsw":
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=spec.ef_search)
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=max(spec.ef_search, k))
     if spec.kind == "ivf":
         return faiss.SearchParametersIVF(sel=selector, nprobe=spec.nprobe)
-    return faiss.SearchParameters(sel=selector)
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
 
 
 def serialized_bytes(index: faiss.Index) -> int:

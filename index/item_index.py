@@ -213,10 +213,11 @@ class ItemIndex:
         return out
 
     def _faiss(
-        self, q: np.ndarray, kk: int, params: faiss.SearchParameters | None = None
+        self, q: np.ndarray, kk: int, selector: faiss.IDSelector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         if kk == 0:
             return np.empty((len(q), 0), np.int64), np.empty((len(q), 0), np.float32)
+        params = factory.search_parameters(self.spec, kk, selector)
         scores, ids = self._index.search(q, kk, params=params)
         scores[ids < 0] = -np.inf
         return ids, scores
@@ -253,8 +254,7 @@ class ItemIndex:
         for i in sorted(set(range(len(q))) - set(plain)):
             skip = np.union1d(banned[i], self._tombstones)
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(skip))
-            params = factory.search_parameters(self.spec, selector)
-            ids[i, :kk], scores[i, :kk] = self._faiss(q[i : i + 1], kk, params)
+            ids[i, :kk], scores[i, :kk] = self._faiss(q[i : i + 1], kk, selector)
         return ids, scores
 
     def _complete(
