@@ -37,8 +37,8 @@ redis-server:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
 
 demo: install
-	$(BIN)/python -m training train $(TRAIN_DATA) --encoder $(ENCODER) --out $(ARTIFACTS) --if-changed
-	$(BIN)/python -m index build --bundle $(ARTIFACTS)/current --kind $(INDEX_KIND) --if-missing
+	$(BIN)/python -m training train $(TRAIN_DATA) --encoder $(ENCODER) --out $(ARTIFACTS) \
+	  --if-changed --index $(INDEX_KIND)
 	$(BIN)/python -m service examples --bundle $(ARTIFACTS)/current --url http://$(HOST):$(PORT)
 	ARTIFACTS_DIR=$(ARTIFACTS)/current $(BIN)/python -m service serve --host $(HOST) --port $(PORT)
 

@@ -49,13 +49,19 @@ def train(
                                 "OUT/checkpoints.")] = False,
     distributed: Annotated[bool, Opt("--distributed", help="Data-parallel training under "
                                      "torchrun (gloo on CPU).")] = False,
+    fallback_synthetic: Annotated[bool, Opt("--fallback-synthetic", help="If MovieLens "
+                                            "cannot be downloaded (offline), train on the "
+                                            "synthetic dataset instead of failing.")] = False,
+    index: Annotated[str, Opt(help="Also build a FAISS index of this kind (flat, hnsw, "
+                                   "ivf) into the bundle, unless it already has one.")] = None,
     progress: Annotated[bool, Opt(help="Show a progress bar.")] = True,
 ) -> None:
     """Train on a dataset, evaluate against baselines, write a versioned bundle."""
     from training.pipeline import RunConfig, init_distributed, run
     from training.train import TrainConfig
 
-    flags = {k: v for k, v in locals().items() if v is not None}
+    flags = {k: v for k, v in locals().items()
+             if v is not None and k not in ("fallback_synthetic", "index")}
     values = tomllib.loads(config.read_text()) if config else {}
     train_values = values.pop("train", {})
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -73,8 +79,12 @@ def train(
                                  param_hint="--dataset")
     if distributed:
         init_distributed()
-    run(cfg, out, if_changed=if_changed, progress=progress,
-        checkpoint_dir=out / "checkpoints" if resume else None)
+    path = run(cfg, out, if_changed=if_changed, progress=progress, fallback=fallback_synthetic,
+               checkpoint_dir=out / "checkpoints" if resume else None)
+    if index and path is not None:
+        from index import build_index
+
+        build_index(path, index, if_missing=True)
 
 
 @app.command()
@@ -96,4 +106,5 @@ def download(
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     app()

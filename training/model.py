@@ -62,7 +62,7 @@ class FeatureEmbedding(nn.Module):
         super().__init__()
         self.kinds = {s.name: s.kind for s in specs}
         self.tables = nn.ModuleDict(
-            {s.name: nn.Embedding(s.cardinality, dim, padding_idx=0) for s in specs}
+            {s.name: small_embedding(s.cardinality, dim) for s in specs}
         )
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -76,6 +76,16 @@ class FeatureEmbedding(nn.Module):
         return total
 
 
+def small_embedding(rows: int, dim: int) -> nn.Embedding:
+    """Embedding with N(0, 0.02) rows and a zero row 0 (unknown / padding): small initial
+    vectors keep the first inner-product logits near zero."""
+    table = nn.Embedding(rows, dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=0.02)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
 def mlp(dim: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
         nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
@@ -86,10 +96,9 @@ def mlp(dim: int, dropout: float) -> nn.Sequential:
 class ItemTower(nn.Module):
     def __init__(self, cfg: TowerConfig):
         super().__init__()
-        self.ids = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        self.ids = small_embedding(cfg.n_items + 1, cfg.dim)
         self.features = FeatureEmbedding(cfg.specs("item"), cfg.dim)
         self.mlp = mlp(cfg.dim, cfg.dropout)
-        nn.init.normal_(self.ids.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """ids: [N] in 1..n_items (0 = unknown item); feats: encoded item features."""
@@ -101,6 +110,7 @@ class SASRec(nn.Module):
     def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)
+        nn.init.normal_(self.positions.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
             cfg.dim, cfg.n_heads, 2 * cfg.dim, cfg.dropout, activation="gelu",
             batch_first=True, norm_first=True,
@@ -138,7 +148,7 @@ class UserTower(nn.Module):
         encoders = {"sasrec": SASRec, "gru": GRU4Rec}
         self.encoder = encoders[cfg.encoder](cfg) if cfg.encoder != "none" else None
         self.bos = nn.Parameter(torch.randn(cfg.dim) * 0.02)
-        self.user_ids = nn.Embedding(cfg.n_users + 1, cfg.dim, padding_idx=0) \
+        self.user_ids = small_embedding(cfg.n_users + 1, cfg.dim) \
             if cfg.user_id_embedding else None
 
     def encode_sequence(self, seq: torch.Tensor) -> torch.Tensor:

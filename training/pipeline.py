@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from training import bundle
 from training.baselines import run_baselines
-from training.data import load_dataset
+from training.data import DownloadError, load_dataset
 from training.data.base import Dataset, FeatureColumn
 from training.export import export_bundle
 from training.features import FeatureSpec
@@ -142,13 +142,27 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load(cfg: RunConfig, fallback: bool) -> Dataset:
+    """The configured dataset; with ``fallback``, the synthetic one when MovieLens cannot
+    be downloaded (the switch is recorded in ``cfg.dataset``)."""
+    try:
+        return load_dataset(cfg.dataset, cfg.data_dir)
+    except DownloadError as e:
+        if not fallback:
+            raise
+        log.warning("%s could not be downloaded (%s); FALLING BACK to the synthetic dataset",
+                    cfg.dataset, e)
+        cfg.dataset, cfg.data_dir = "synthetic", None
+        return load_dataset("synthetic")
+
+
 def run(cfg: RunConfig, out: Path, *, if_changed: bool = False, progress: bool = True,
-        checkpoint_dir: Path | None = None) -> Path | None:
+        fallback: bool = False, checkpoint_dir: Path | None = None) -> Path | None:
     """Train every requested encoder, keep the best on validation, write the bundle.
 
     Returns the bundle directory (None on non-zero DDP ranks, which don't write)."""
     torch.set_num_threads(cfg.threads)
-    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    ds = load(cfg, fallback)
     log.info("loaded %s: %d users, %d items, %d interactions from %s", ds.name, ds.n_users,
              ds.n_items, len(ds.users), ds.source or cfg.data_dir)
     if if_changed and up_to_date(out, ds, cfg):
