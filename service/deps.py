@@ -8,11 +8,11 @@ from service.engine import Engine
 from service.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     """The current engine, read once per request (a reload swaps it for later requests)."""
     runtime: Runtime = request.app.state.runtime
     engine = runtime.engine
