@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
+from pydantic import BaseModel
 
 from service.engine import Engine
 from service.runtime import Runtime
@@ -19,3 +20,9 @@ async def get_engine(request: Request) -> Engine:
     if engine is None:
         raise HTTPException(503, f"no model loaded: {runtime.load_error or 'still loading'}")
     return engine
+
+
+def json_response(model: BaseModel) -> Response:
+    """Serialise a response model once (FastAPI would validate it again for response_model;
+    the route keeps ``response_model`` for the OpenAPI schema)."""
+    return Response(model.model_dump_json(), media_type="application/json")

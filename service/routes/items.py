@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 
-from service.deps import get_engine, get_runtime
+from service.deps import get_engine, get_runtime, json_response
 from service.engine import Engine
 from service.recommend import error, item_list
 from service.runtime import Runtime
@@ -35,7 +35,7 @@ async def similar_items(
     k: int = Query(10, ge=1, description="1..MAX_K"),
     engine: Engine = Depends(get_engine),
     runtime: Runtime = Depends(get_runtime),
-) -> SimilarResponse:
+) -> Response:
     if k > runtime.settings.max_k:
         raise RequestValidationError(
             [
@@ -52,8 +52,10 @@ async def similar_items(
     ids, scores = await asyncio.get_running_loop().run_in_executor(
         runtime.batcher.executor, engine.similar, i, k
     )
-    return SimilarResponse(
-        item_id=item_id, items=item_list(engine, ids, scores), model_version=engine.version
+    return json_response(
+        SimilarResponse(
+            item_id=item_id, items=item_list(engine, ids, scores), model_version=engine.version
+        )
     )
 
 

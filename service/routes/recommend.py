@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.exceptions import RequestValidationError
 
-from service.deps import get_engine, get_runtime
+from service.deps import get_engine, get_runtime, json_response
 from service.engine import Engine
 from service.recommend import recommend, too_long
 from service.runtime import Runtime
@@ -23,9 +23,9 @@ async def recommend_one(
     body: RecommendRequest,
     engine: Engine = Depends(get_engine),
     runtime: Runtime = Depends(get_runtime),
-) -> RecommendResponse:
+) -> Response:
     (response,) = await recommend([body], engine, runtime, [("body",)])
-    return response
+    return json_response(response)
 
 
 @router.post(
@@ -38,7 +38,7 @@ async def recommend_batch(
     body: BatchRequest,
     engine: Engine = Depends(get_engine),
     runtime: Runtime = Depends(get_runtime),
-) -> BatchResponse:
+) -> Response:
     limit = runtime.settings.max_batch
     if len(body.requests) > limit:
         raise RequestValidationError(
@@ -46,4 +46,4 @@ async def recommend_batch(
         )
     locs = [("body", "requests", n) for n in range(len(body.requests))]
     responses = await recommend(body.requests, engine, runtime, locs)
-    return BatchResponse(responses=responses, model_version=engine.version)
+    return json_response(BatchResponse(responses=responses, model_version=engine.version))
