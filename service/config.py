@@ -7,7 +7,7 @@ Every field maps to the upper-case environment variable of the same name, e.g.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("info", description="Log level of the service loggers.")
+
+    @field_validator("redis_url", "api_key", "admin_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        """``API_KEY=`` (e.g. compose's ``${API_KEY:-}``) means "not set", not "empty key"."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
 
 def get_settings() -> Settings:

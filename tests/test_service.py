@@ -365,6 +365,11 @@ async def test_api_keys(served_root, cat):
         assert (await client.post("/recommend", json=body)).status_code == 200
         assert (await client.get("/metrics")).status_code == 200
         assert (await client.post("/admin/reload")).status_code == 200
+    # compose passes API_KEY= when unset: an empty key means "no key", not "empty key"
+    async with serve(settings(served_root, api_key="", admin_api_key="")) as (client, _):
+        assert (await client.post("/recommend", json=body)).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.post("/admin/reload")).status_code == 200
 
 
 async def test_docs_are_served_from_local_assets(served_root):
@@ -428,3 +433,74 @@ async def test_no_model_loaded_is_503_not_500(tmp_path):
         assert r.status_code == 503 and "no model loaded" in r.json()["reason"]
         r = await client.post("/recommend", json={})
         assert r.status_code == 503 and "no model loaded" in r.json()["detail"]
+
+
+@pytest.fixture(scope="session")
+def id_model_root(served_root, tmp_path_factory):
+    """A version of the bundle whose user tower has the user-id embedding branch."""
+    import torch
+
+    from training import bundle
+    from training.export import export_bundle
+    from training.model import TowerConfig, TwoTower
+
+    root = support.copy_root(served_root, tmp_path_factory.mktemp("idmodel") / "artifacts")
+    current = bundle.resolve(root)
+    manifest = bundle.read_manifest(current)
+    users = bundle.load_json(current, bundle.USERS)
+    cfg = TowerConfig.from_dict(manifest["model"])
+    cfg.user_id_embedding, cfg.n_users = True, len(users)
+    torch.manual_seed(3)
+    model = TwoTower(cfg)
+    torch.nn.init.normal_(model.user_tower.user_ids.weight, std=1.0)
+    out = export_bundle(
+        root,
+        model,
+        items=bundle.load_json(current, bundle.ITEMS),
+        users=users,
+        popularity=bundle.load_json(current, bundle.POPULARITY),
+        dataset=manifest["dataset"],
+        train_config={},
+    )
+    support.build_index(out)
+    return root
+
+
+@pytest.mark.parametrize("variant", ["bundle", "with-user-id-embedding"])
+async def test_known_user_vector_is_the_towers_output_for_that_user(
+    variant, served_root, id_model_root
+):
+    """The id strategy feeds the user's features, history (+ events) and 1-based id."""
+    import numpy as np
+    import torch
+
+    from training import bundle
+    from training.model import feature_tensors
+
+    root = served_root if variant == "bundle" else id_model_root
+    cat = catalog(root)
+    u, user = next((n, x) for n, x in enumerate(cat["users"]) if len(x["history"]) >= 2)
+    extra = next(it["id"] for it in cat["items"] if it["id"] not in user["history"])
+    async with serve(settings(root)) as (client, app):
+        await client.post("/events", json={"user_id": user["id"], "item_id": extra})
+        r = await client.post("/recommend", json={"user_id": user["id"]})
+        assert r.json()["strategy"] == "id" and r.json()["cache"] == "miss"
+        runtime = app.state.runtime
+        key = runtime.cache.key(cat["version"], "u", user["id"])
+        served = np.frombuffer(runtime.cache._data[key][1], dtype=np.float32)
+
+    current = bundle.resolve(root)
+    model = bundle.load_towers(current)
+    cfg = model.cfg
+    assert cfg.user_id_embedding is (variant != "bundle")
+    item_index = {it["id"]: n for n, it in enumerate(cat["items"])}
+    table = np.load(current / bundle.ITEM_EMBEDDINGS)
+    sequence = [item_index[i] for i in user["history"] + [extra]][-cfg.max_len :]
+    with torch.inference_mode():
+        expected = model.user_tower(
+            feature_tensors(cfg.specs("user"), [user["features"]]),
+            torch.from_numpy(table[sequence][None]),
+            torch.tensor([len(sequence)]),
+            torch.tensor([u + 1]),
+        )[0].numpy()
+    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5)

@@ -35,6 +35,15 @@ def build_router(dependencies: list) -> APIRouter:
     @router.get("/docs")
     async def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
+        try:
+            assets_dir()
+        except ImportError:
+            return HTMLResponse(
+                "<p>Swagger UI assets are not installed (<code>pip install "
+                f'swagger-ui-bundle</code>). The schema is at <a href="{root}/openapi.json">'
+                "/openapi.json</a>.</p>",
+                status_code=503,
+            )
         return get_swagger_ui_html(
             openapi_url=f"{root}/openapi.json",
             title=f"{request.app.title} - Swagger UI",
@@ -47,8 +56,12 @@ def build_router(dependencies: list) -> APIRouter:
     async def asset(name: str) -> FileResponse:
         if name not in ASSETS:
             raise HTTPException(404, f"no docs asset {name!r}")
+        try:
+            directory = assets_dir()
+        except ImportError as e:
+            raise HTTPException(503, "swagger-ui-bundle is not installed") from e
         return FileResponse(
-            assets_dir() / name,
+            directory / name,
             media_type=ASSETS[name],
             headers={"Cache-Control": "public, max-age=86400"},
         )
