@@ -1,0 +1,554 @@
+"""Load benchmark of the HTTP service: ``python -m bench.load --bundle artifacts/current``.
+
+Starts a redis-server and ``python -m service serve`` (uvicorn, 127.0.0.1 only) for each
+worker count, then drives, for each concurrency, four scenarios for ``--duration`` seconds:
+
+- ``healthz``        GET /healthz: the ceiling of the stack (routing, middleware, JSON)
+- ``similar``        GET /similar-items/{random item}
+- ``recommend-hit``  POST /recommend {"user_id": ...} over bundle users whose vectors
+                     were cached beforehand (one Redis round trip, one search, no torch)
+- ``recommend-miss`` POST /recommend {"recent_items": [3-6 random items]}: a new input
+                     every request (cache miss: forward pass + search + Redis write)
+
+The load generator is wrk (C, one thread, Lua scripts for per-request bodies) when it is
+installed, else a bounded asyncio + httpx client (which then competes with the server for
+the 2 cores). Cache hit/miss counts come from the server's /metrics, so each scenario's
+row says whether it measured what it claims. Every run is bounded in time and count and
+only talks to 127.0.0.1. Results: a table on stdout, JSON under bench/results/, and the
+``## Load`` section of docs/BENCHMARKS.md (``--no-write`` to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ("healthz", "similar", "recommend-hit", "recommend-miss")
+RESULTS_DIR = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+
+
+# --- processes ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+class Redis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            s.recv(16)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Server:
+    def __init__(
+        self,
+        bundle: str,
+        redis_url: str,
+        workers: int,
+        env: dict[str, str],
+        service_path: str | None = None,
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [service_path, str(ROOT)])),
+            "ARTIFACTS_DIR": bundle,
+            "REDIS_URL": redis_url,
+            "RELOAD_POLL_S": "0",
+            "TORCH_THREADS": "1",
+            "FAISS_THREADS": "1",
+            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+            **env,
+        }
+        full_env.pop("API_KEY", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", str(workers), "--log-level", "warning"],
+            cwd=ROOT, env=full_env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_http(f"{self.url}/readyz", self.proc)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+# --- workload -----------------------------------------------------------------------------
+@dataclass
+class Workload:
+    items: list[str]
+    users: list[str]
+    version: str
+    summary: str
+
+
+def load_workload(bundle: str, n_users: int) -> Workload:
+    from training.bundle import ITEMS, USERS, load_json, read_manifest
+
+    manifest = read_manifest(bundle)
+    items = [it["id"] for it in load_json(bundle, ITEMS)]
+    users = [u["id"] for u in load_json(bundle, USERS)][:n_users]
+    model = manifest["model"]
+    ds = manifest.get("dataset", {})
+    summary = (
+        f"{ds.get('name', '?')} bundle `{manifest['version']}`: {len(items)} items, "
+        f"{len(load_json(bundle, USERS))} users, d={model['dim']}, encoder={model['encoder']}"
+        f" (max_len {model['max_len']}), user-id embedding={model['user_id_embedding']}"
+    )
+    return Workload(items, users, manifest["version"], summary)
+
+
+def lua_list(values: list[str]) -> str:
+    return "{" + ",".join(json.dumps(v) for v in values) + "}"
+
+
+LUA_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,' ..
+    '"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+end
+"""
+
+
+def lua_script(scenario: str, work: Workload) -> str:
+    head = "math.randomseed(os.time())\n"
+    if scenario == "healthz":
+        return head + 'request = function() return wrk.format("GET", "/healthz") end\n' + LUA_DONE
+    if scenario == "similar":
+        return (
+            head
+            + f"""items = {lua_list(work.items)}
+request = function()
+  return wrk.format("GET", "/similar-items/" .. items[math.random(#items)] .. "?k=10")
+end
+"""
+            + LUA_DONE
+        )
+    post = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+    if scenario == "recommend-hit":
+        return (
+            head
+            + post
+            + f"""users = {lua_list(work.users)}
+n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/recommend", nil,
+    '{{"user_id":"' .. users[(n % #users) + 1] .. '"}}')
+end
+"""
+            + LUA_DONE
+        )
+    return (
+        head
+        + post
+        + f"""items = {lua_list(work.items)}
+request = function()
+  local k = math.random(3, 6)
+  local picked, seen = {{}}, {{}}
+  while #picked < k do
+    local id = items[math.random(#items)]
+    if not seen[id] then seen[id] = true; picked[#picked + 1] = '"' .. id .. '"' end
+  end
+  return wrk.format(nil, "/recommend", nil,
+    '{{"recent_items":[' .. table.concat(picked, ",") .. ']}}')
+end
+"""
+        + LUA_DONE
+    )
+
+
+@dataclass
+class Result:
+    workers: int
+    scenario: str
+    concurrency: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+    non2xx: int
+    cache_hits: int
+    cache_misses: int
+    cache_errors: int
+
+
+def run_wrk(
+    url: str, scenario: str, work: Workload, concurrency: int, duration: float, tmp: Path
+) -> dict:
+    script = tmp / f"{scenario}.lua"
+    script.write_text(lua_script(scenario, work))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:.0f}s", "--timeout", "5s",
+         "-s", str(script), url],
+        capture_output=True, text=True, timeout=duration + 60,
+    ).stdout  # fmt: skip
+    line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def python_request(scenario: str, work: Workload, rng: random.Random, n: int):
+    if scenario == "healthz":
+        return "GET", "/healthz", None
+    if scenario == "similar":
+        return "GET", f"/similar-items/{rng.choice(work.items)}?k=10", None
+    if scenario == "recommend-hit":
+        return "POST", "/recommend", {"user_id": work.users[n % len(work.users)]}
+    return "POST", "/recommend", {"recent_items": rng.sample(work.items, rng.randint(3, 6))}
+
+
+def run_python(url: str, scenario: str, work: Workload, concurrency: int, duration: float) -> dict:
+    import httpx
+
+    async def main() -> dict:
+        latencies: list[float] = []
+        errors = non2xx = 0
+        counter = 0
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=5) as client:
+            start = time.perf_counter()
+            deadline = start + duration
+
+            async def worker(seed: int) -> None:
+                nonlocal errors, non2xx, counter
+                rng = random.Random(seed)
+                while time.perf_counter() < deadline:
+                    counter += 1
+                    method, path, body = python_request(scenario, work, rng, counter)
+                    t0 = time.perf_counter()
+                    try:
+                        r = await client.request(method, path, json=body)
+                        if r.status_code >= 300:
+                            non2xx += 1
+                    except httpx.HTTPError:
+                        errors += 1
+                        continue
+                    latencies.append(time.perf_counter() - t0)
+
+            await asyncio.gather(*(worker(i) for i in range(concurrency)))
+            elapsed = time.perf_counter() - start
+        latencies.sort()
+
+        def pct(p: float) -> int:
+            if not latencies:
+                return 0
+            return int(latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e6)
+
+        return {"requests": len(latencies) + errors, "duration_us": int(elapsed * 1e6),
+                "errors": errors, "non2xx": non2xx, "p50_us": pct(50), "p95_us": pct(95),
+                "p99_us": pct(99), "max_us": pct(100)}  # fmt: skip
+
+    return asyncio.run(main())
+
+
+def scrape(url: str) -> dict[str, float]:
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    out: dict[str, float] = {}
+    for name in ("towerrec_cache_hits_total", "towerrec_cache_misses_total",
+                 "towerrec_cache_errors_total"):  # fmt: skip
+        out[name] = sum(float(m.group(1)) for m in re.finditer(
+            rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))  # fmt: skip
+    return out
+
+
+def warm(url: str, work: Workload) -> None:
+    """Cache every hit-scenario user and run each scenario a little (JIT, allocators)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for user in work.users:
+            client.post("/recommend", json={"user_id": user}).raise_for_status()
+        rng = random.Random(0)
+        for n in range(200):
+            for scenario in SCENARIOS:
+                method, path, body = python_request(scenario, work, rng, n)
+                client.request(method, path, json=body).raise_for_status()
+
+
+def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
+    from training.bundle import resolve
+
+    bundle = str(resolve(args.bundle))
+    work = load_workload(bundle, args.users)
+    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "python"
+    results: list[Result] = []
+    redis = Redis()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    try:
+        for workers in args.workers:
+            redis.flush()
+            server = Server(bundle, redis.url, workers, extra_env, args.service_path)
+            try:
+                warm(server.url, work)
+                for concurrency in args.concurrency:
+                    for scenario in SCENARIOS:
+                        before = scrape(server.url)
+                        if client == "wrk":
+                            raw = run_wrk(server.url, scenario, work, concurrency,
+                                          args.duration, tmp)  # fmt: skip
+                        else:
+                            raw = run_python(server.url, scenario, work, concurrency,
+                                             args.duration)  # fmt: skip
+                        after = scrape(server.url)
+                        seconds = raw["duration_us"] / 1e6
+                        res = Result(
+                            workers, scenario, concurrency, raw["requests"], round(seconds, 2),
+                            round(raw["requests"] / seconds, 1), raw["p50_us"] / 1000,
+                            raw["p95_us"] / 1000, raw["p99_us"] / 1000, raw["errors"],
+                            raw["non2xx"],
+                            int(after["towerrec_cache_hits_total"]
+                                - before["towerrec_cache_hits_total"]),
+                            int(after["towerrec_cache_misses_total"]
+                                - before["towerrec_cache_misses_total"]),
+                            int(after["towerrec_cache_errors_total"]
+                                - before["towerrec_cache_errors_total"]),
+                        )  # fmt: skip
+                        results.append(res)
+                        print(row(res), flush=True)
+            finally:
+                server.stop()
+    finally:
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    meta = {
+        "command": "python -m bench.load " + " ".join(args.argv),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "bundle": work.summary,
+        "client": client,
+        "env": extra_env,
+        "service_path": args.service_path,
+    }
+    return results, meta
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    import torch
+
+    return (f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}, load average at end "
+            f"{load:.1f}")  # fmt: skip
+
+
+# --- reporting ----------------------------------------------------------------------------
+HEADER = ("| workers | scenario | conc. | req/s | p50 ms | p95 ms | p99 ms | errors | "
+          "cache hit/miss/err | vs /healthz |")  # fmt: skip
+
+
+def row(r: Result, ratio: float | None = None) -> str:
+    vs = f"{ratio:.0%}" if ratio is not None else ""
+    return (f"| {r.workers} | {r.scenario} | {r.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | "
+            f"{r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.errors + r.non2xx} | "
+            f"{r.cache_hits}/{r.cache_misses}/{r.cache_errors} | {vs} |")  # fmt: skip
+
+
+def table(results: list[Result]) -> str:
+    base = {(r.workers, r.concurrency): r.rps for r in results if r.scenario == "healthz"}
+    lines = [HEADER, "|" + "---|" * 10]
+    for r in results:
+        ceiling = base.get((r.workers, r.concurrency))
+        lines.append(row(r, r.rps / ceiling if ceiling else None))
+    return "\n".join(lines)
+
+
+def targets(results: list[Result]) -> list[str]:
+    out = []
+    base = {(r.workers, r.concurrency): r.rps for r in results if r.scenario == "healthz"}
+    for r in results:
+        ceiling = base.get((r.workers, r.concurrency))
+        if r.concurrency == 32 and ceiling and r.scenario.startswith("recommend"):
+            need = 0.60 if r.scenario == "recommend-hit" else 0.35
+            ratio = r.rps / ceiling
+            out.append(f"- {r.workers} worker(s), {r.scenario} at concurrency 32: "
+                       f"{ratio:.0%} of /healthz (target ≥ {need:.0%}): "
+                       f"{'met' if ratio >= need else 'NOT met'}")  # fmt: skip
+        if r.concurrency == 8 and r.scenario != "healthz":
+            out.append(f"- {r.workers} worker(s), {r.scenario} at concurrency 8: p99 "
+                       f"{r.p99_ms:.1f} ms (target ≤ 15 ms): "
+                       f"{'met' if r.p99_ms <= 15 else 'NOT met'}")  # fmt: skip
+    errors = sum(r.errors + r.non2xx for r in results)
+    out.append(f"- errors over all runs: {errors} (target 0): {'met' if not errors else 'NOT met'}")
+    return out
+
+
+def section(results: list[Result], meta: dict, notes: str) -> str:
+    return "\n".join([
+        "## Load",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']}  ",
+        f"Bundle: {meta['bundle']}  ",
+        f"Load generator: {meta['client']} (1 thread, keep-alive connections = concurrency), "
+        "server and Redis on 127.0.0.1, all on the same 2 cores."
+        + (f"  \nService env overrides: `{meta['env']}`" if meta["env"] else ""),
+        "",
+        table(results),
+        "",
+        "Targets:",
+        "",
+        *targets(results),
+        "",
+        notes.strip(),
+        "",
+    ])  # fmt: skip
+
+
+def write_section(text: str, path: Path = DOC) -> None:
+    """Replace (or append) the ``## Load`` section, leaving the other sections alone."""
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"^## Load\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", current, count=1)
+    else:
+        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
+    path.write_text(updated.rstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", default="artifacts/current")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per scenario")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--workers", default="1,2")
+    p.add_argument("--users", type=int, default=500, help="users cycled by recommend-hit")
+    p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra service environment (e.g. MICROBATCH=false)",
+    )
+    p.add_argument(
+        "--service-path",
+        default=None,
+        help="directory holding another service/ package to benchmark (e.g. an "
+        "older commit's, extracted with git archive)",
+    )
+    p.add_argument("--notes", default="", help="markdown appended to the section (or @file)")
+    p.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
+    p.add_argument("--json", type=Path, default=None, help="results file (default: bench/results)")
+    args = p.parse_args(argv)
+    args.argv = argv
+    args.concurrency = [int(x) for x in str(args.concurrency).split(",")]
+    args.workers = [int(x) for x in str(args.workers).split(",")]
+    if args.duration <= 0 or args.duration > 300:
+        p.error("--duration must be in (0, 300] seconds")
+    if max(args.concurrency) > 256:
+        p.error("--concurrency is capped at 256")
+    print(HEADER, flush=True)
+    results, meta = run_all(args)
+    print()
+    print(table(results))
+    print("\n".join(targets(results)))
+    out = args.json or RESULTS_DIR / f"load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
+    print(f"results: {out}")
+    if not args.no_write:
+        notes = args.notes
+        if notes.startswith("@"):
+            notes = Path(notes[1:]).read_text()
+        write_section(section(results, meta, notes))
+        print(f"updated the ## Load section of {DOC}")
+
+
+if __name__ == "__main__":
+    main()
