@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 KINDS = ("flat", "hnsw", "ivf")
 ADD_CHUNK = 50_000  # vectors per add() call, so long HNSW builds show progress
+TRAIN_PER_LIST = 64  # k-means sample per IVF list (FAISS warns below 39; 256 is its cap)
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,10 @@ def new_index(spec: IndexSpec, dim: int) -> faiss.Index:
 
 
 def train(index: faiss.Index, x: np.ndarray, seed: int = 0) -> None:
-    """Train IVF centroids (and PQ codebooks) on up to 256 vectors per list."""
+    """Train IVF centroids (and PQ codebooks) on a sample of ``TRAIN_PER_LIST`` per list."""
     if index.is_trained:
         return
-    cap = 256 * faiss.extract_index_ivf(index).nlist
+    cap = TRAIN_PER_LIST * faiss.extract_index_ivf(index).nlist
     if len(x) > cap:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), cap, replace=False))]
     index.train(x)
