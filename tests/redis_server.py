@@ -39,9 +39,21 @@ def _ping(port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def _answers(port: int) -> bool:
+    """Any RESP reply to PING (``-NOAUTH`` from a password-protected server counts)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64)[:1] in (b"+", b"-")
+    except OSError:
+        return False
+
+
 class RedisServer:
-    def __init__(self, port: int | None = None, workdir: Path | None = None):
+    def __init__(self, port: int | None = None, workdir: Path | None = None,
+                 extra_args: list[str] | None = None):
         self.port = port or free_port()
+        self.extra_args = list(extra_args or [])
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="redis-test-"))
         self.proc: subprocess.Popen | None = None
@@ -66,6 +78,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -75,7 +88,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            if _ping(self.port):
+            if _ping(self.port) or (self.extra_args and _answers(self.port)):
                 return self
             time.sleep(0.02)
         self.kill()
