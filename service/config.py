@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Extra wait for more requests before a micro-batch runs."
     )
     batch_max: int = Field(128, ge=1, description="Largest micro-batch.")
+    inline_search: bool = Field(
+        True,
+        description="Run search-only work (cache hits, similar items) on the event "
+        "loop, batched per loop iteration, instead of handing it to the compute thread.",
+    )
 
     # --- security -----------------------------------------------------------------------
     api_key: SecretStr | None = Field(

@@ -276,8 +276,7 @@ class Engine:
         timing.search_s = time.perf_counter() - t0
         return results, timing  # type: ignore[return-value]
 
-    def similar(self, i: int, k: int) -> tuple[list[int], list[float]]:
-        ids, scores = self.index.similar(self.item_ids[i], k)
-        ids, scores = np.asarray(ids).reshape(-1), np.asarray(scores).reshape(-1)
-        keep = ids >= 0
-        return ids[keep].tolist(), scores[keep].astype(float).tolist()
+    def similar_job(self, i: int, k: int) -> Job:
+        """The neighbours of item ``i`` (itself excluded) as a search-only job, so that
+        /similar-items shares batched searches with cache hits (same as ItemIndex.similar)."""
+        return Job(query=None, vector=self.index.vectors([i])[0], k=k, exclude={i})

@@ -51,6 +51,8 @@ class Runtime:
             window_s=settings.batch_window_ms / 1000,
             max_batch=settings.batch_max,
             torch_threads=settings.torch_threads,
+            faiss_threads=settings.faiss_threads,
+            inline_search=settings.inline_search,
         )
         self._reload_lock = asyncio.Lock()
         self._failed_stamp: tuple | None = None
@@ -88,7 +90,11 @@ class Runtime:
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
+        import faiss
+
+        # OpenMP settings are per thread: this is the event-loop thread (inline searches)
         torch.set_num_threads(self.settings.torch_threads)
+        faiss.omp_set_num_threads(self.settings.faiss_threads)
         self.batcher.start()
         try:
             await self.reload(force=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 
@@ -49,9 +47,8 @@ async def similar_items(
             ]
         )
     i = _lookup(engine, item_id)
-    ids, scores = await asyncio.get_running_loop().run_in_executor(
-        runtime.batcher.executor, engine.similar, i, k
-    )
+    (result,) = await runtime.batcher.run(engine, [engine.similar_job(i, k)])
+    ids, scores = result.ids, result.scores
     return json_response(
         SimilarResponse(
             item_id=item_id, items=item_list(engine, ids, scores), model_version=engine.version
