@@ -250,6 +250,7 @@ class Result:
     cache_hits: int
     cache_misses: int
     cache_errors: int
+    mean_batch: float  # requests per micro-batch (searches and forward passes)
 
 
 def run_wrk(
@@ -328,7 +329,8 @@ def scrape(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     out: dict[str, float] = {}
     for name in ("towerrec_cache_hits_total", "towerrec_cache_misses_total",
-                 "towerrec_cache_errors_total"):  # fmt: skip
+                 "towerrec_cache_errors_total", "towerrec_batch_size_sum",
+                 "towerrec_batch_size_count"):  # fmt: skip
         out[name] = sum(float(m.group(1)) for m in re.finditer(
             rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))  # fmt: skip
     return out
@@ -388,6 +390,10 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
                                 - before["towerrec_cache_misses_total"]),
                             int(after["towerrec_cache_errors_total"]
                                 - before["towerrec_cache_errors_total"]),
+                            round((after["towerrec_batch_size_sum"]
+                                   - before["towerrec_batch_size_sum"])
+                                  / max(1.0, after["towerrec_batch_size_count"]
+                                        - before["towerrec_batch_size_count"]), 1),
                         )  # fmt: skip
                         results.append(res)
                         print(row(res), flush=True)
@@ -427,19 +433,20 @@ def machine() -> str:
 
 # --- reporting ----------------------------------------------------------------------------
 HEADER = ("| workers | scenario | conc. | req/s | p50 ms | p95 ms | p99 ms | errors | "
-          "cache hit/miss/err | vs /healthz |")  # fmt: skip
+          "cache hit/miss/err | batch | vs /healthz |")  # fmt: skip
 
 
 def row(r: Result, ratio: float | None = None) -> str:
     vs = f"{ratio:.0%}" if ratio is not None else ""
     return (f"| {r.workers} | {r.scenario} | {r.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | "
             f"{r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.errors + r.non2xx} | "
-            f"{r.cache_hits}/{r.cache_misses}/{r.cache_errors} | {vs} |")  # fmt: skip
+            f"{r.cache_hits}/{r.cache_misses}/{r.cache_errors} | {r.mean_batch or ''} | "
+            f"{vs} |")  # fmt: skip
 
 
 def table(results: list[Result]) -> str:
     base = {(r.workers, r.concurrency): r.rps for r in results if r.scenario == "healthz"}
-    lines = [HEADER, "|" + "---|" * 10]
+    lines = [HEADER, "|" + "---|" * 11]
     for r in results:
         ceiling = base.get((r.workers, r.concurrency))
         lines.append(row(r, r.rps / ceiling if ceiling else None))
