@@ -126,3 +126,26 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     one = bundle.load_json(tmp_path / "single", bundle.REPORT_JSON)["models"]["gru"]["test"]
     two = bundle.load_json(tmp_path / "ddp", bundle.REPORT_JSON)["models"]["gru"]["test"]
     assert two["NDCG@10"] == pytest.approx(one["NDCG@10"], rel=0.15)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    """Deterministic on CPU: 2 + 2 resumed epochs give the same weights as 4 straight."""
+    args = ["--dataset", "synthetic", "--no-baselines", "--dim", "16", "--max-len", "10",
+            "--no-progress", "--patience", "99", "--threads", "1", "--resume"]
+    straight = train_cli(tmp_path / "straight", *args, "--epochs", "4")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    for epochs in ("2", "4"):
+        part = train_cli(tmp_path / "resumed", *args, "--epochs", epochs)
+        assert part.returncode == 0, part.stderr[-3000:]
+    assert "resumed from" in part.stderr
+    a, b = (bundle.load_array(bundle.resolve(tmp_path / d) / bundle.ITEM_EMBEDDINGS)
+            for d in ("straight", "resumed"))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_softmax_trains_a_useful_model(tmp_path):
+    result = train_cli(tmp_path / "out", "--dataset", "synthetic", "--loss", "sampled",
+                       "--encoder", "gru", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    models = bundle.load_json(tmp_path / "out", bundle.REPORT_JSON)["models"]
+    assert models["gru"]["test"]["NDCG@10"] > 2 * models["popularity"]["test"]["NDCG@10"]

@@ -50,8 +50,13 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+    def digest(self, *, resumable: bool = False) -> str:
+        """Identifies the configuration; ``resumable`` leaves out ``epochs`` so that a run
+        can be resumed with a larger epoch budget."""
+        data = self.to_dict()
+        if resumable:
+            data["train"].pop("epochs")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def fit_specs(columns: list[FeatureColumn], rows: list[dict]) -> list[FeatureSpec]:
@@ -172,7 +177,8 @@ def run(cfg: RunConfig, out: Path, *, if_changed: bool = False, progress: bool =
     r = Run(ds, cfg)
     trained, histories, models = {}, {}, {}
     for encoder in cfg.encoders:
-        ckpt = checkpoint_dir / f"{cfg.digest()[:12]}-{encoder}.pt" if checkpoint_dir else None
+        ckpt = (checkpoint_dir / f"{cfg.digest(resumable=True)[:12]}-{encoder}.pt"
+                if checkpoint_dir else None)
         model, histories[encoder], seconds = r.train(encoder, ckpt, progress)
         trained[encoder] = model
         models[encoder] = r.report_entry(model) | {

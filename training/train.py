@@ -221,6 +221,7 @@ class Trainer:
         torch.save({"epoch": epoch, "model": self.model.state_dict(),
                     "opt": self.opt.state_dict(), "history": asdict(history), "best": best,
                     "best_state": best_state, "rng": self.objective.gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
                     "np_rng": self.batcher.rng.bit_generator.state}, tmp)
         os.replace(tmp, path)
 
@@ -229,6 +230,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.objective.gen.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
         self.batcher.rng.bit_generator.state = state["np_rng"]
         return state["epoch"], History(**state["history"]), state["best"], state["best_state"]
 
