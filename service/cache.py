@@ -14,6 +14,7 @@ again (so requests do not each pay the socket timeout while Redis is down).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -99,6 +100,9 @@ class RedisLink:
         self._probing = False
         self._last_log = -1e18
         self.last_error: str | None = None
+        self._pending: list[tuple[Callable[[Any], None], asyncio.Future]] = []
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task] = set()
 
     @property
     def healthy(self) -> bool:
@@ -121,12 +125,70 @@ class RedisLink:
         except Exception as e:  # noqa: BLE001 - any Redis failure degrades, never fails
             self._fail(e)
             raise CacheUnavailable(str(e)) from e
+        except BaseException:  # cancelled (client went away): let another request probe
+            self._probing = False
+            raise
+        self._succeed()
+        return result
+
+    def _succeed(self) -> None:
         if self._open_until:
             log.warning("redis at %s is reachable again", self.url)
         self._open_until = 0.0
         self._probing = False
         self.last_error = None
-        return result
+
+    async def batched(self, build: Callable[[Any], None]) -> list[Any]:
+        """Add commands (``build(pipeline)``) to the pipeline of this event-loop iteration.
+
+        Concurrent requests share one pipeline (one write and one round trip for all of
+        them) instead of one round trip each. Returns the replies of ``build``'s commands;
+        a command's own error (e.g. NOSCRIPT) comes back as an exception object.
+        """
+        if not self._allowed():
+            raise CacheUnavailable(self.last_error or "redis unavailable")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((build, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return await future
+
+    def _start_flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._flush_scheduled = False
+        task = asyncio.get_running_loop().create_task(self._flush(pending))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, pending: list) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        sizes = []
+        for build, _ in pending:
+            before = len(pipe.command_stack)
+            build(pipe)
+            sizes.append(len(pipe.command_stack) - before)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BaseException as e:
+            if isinstance(e, Exception):
+                self._fail(e)
+                error: BaseException = CacheUnavailable(str(e))
+            else:
+                self._probing = False
+                error = e
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(e, Exception):
+                raise
+            return
+        self._succeed()
+        pos = 0
+        for (_, future), n in zip(pending, sizes, strict=True):
+            if not future.done():
+                future.set_result(replies[pos : pos + n])
+            pos += n
 
     def _fail(self, error: Exception) -> None:
         self._probing = False
@@ -251,12 +313,14 @@ class RedisCache(VectorCache):
     def __init__(self, link: RedisLink, prefix: str, *, ttl_s: int):
         super().__init__(prefix)
         self.link, self.ttl_s = link, ttl_s
-        self._cas = link.client.register_script(_SET_IF_HISTORY)
+        self._cas_sha = hashlib.sha1(_SET_IF_HISTORY.encode()).hexdigest()
 
     async def get(self, key: str) -> tuple[bytes | None, str]:
         try:
-            raw = await self.link.run(lambda: self.link.client.get(key))
+            (raw,) = await self.link.batched(lambda pipe: pipe.get(key))
         except CacheUnavailable:
+            return None, "off"
+        if isinstance(raw, Exception):
             return None, "off"
         return raw, "hit" if raw is not None else "miss"
 
@@ -270,11 +334,12 @@ class RedisCache(VectorCache):
     ) -> None:
         try:
             if history_key is None:
-                await self.link.run(lambda: self.link.client.set(key, value, ex=self.ttl_s))
-            else:
-                await self.link.run(
-                    lambda: self._cas(keys=[history_key, key], args=[history_fp, value, self.ttl_s])
-                )
+                await self.link.batched(lambda pipe: pipe.set(key, value, ex=self.ttl_s))
+                return
+            args = (history_key, key, history_fp, value, self.ttl_s)
+            (reply,) = await self.link.batched(lambda pipe: pipe.evalsha(self._cas_sha, 2, *args))
+            if isinstance(reply, Exception):  # NOSCRIPT after a Redis restart: EVAL loads it
+                await self.link.run(lambda: self.link.client.eval(_SET_IF_HISTORY, 2, *args))
         except CacheUnavailable:
             pass
 

@@ -95,7 +95,9 @@ class RedisHistory(HistoryStore):
         return f"{self.prefix}hist:{user_id}"
 
     async def get(self, user_id: str) -> list[str]:
-        raw = await self.link.run(lambda: self.link.client.lrange(self.key(user_id), 0, -1))
+        (raw,) = await self.link.batched(lambda pipe: pipe.lrange(self.key(user_id), 0, -1))
+        if isinstance(raw, Exception):
+            raise CacheUnavailable(str(raw))
         return [x.decode() for x in raw]
 
     async def get_with_vector(
@@ -104,15 +106,15 @@ class RedisHistory(HistoryStore):
         if vec_key is None or not (isinstance(cache, RedisCache) and cache.link is self.link):
             return await super().get_with_vector(user_id, cache, vec_key)
 
-        async def both():
-            pipe = self.link.client.pipeline(transaction=False)
+        def both(pipe) -> None:
             pipe.lrange(self.key(user_id), 0, -1)
             pipe.get(vec_key)
-            return await pipe.execute()
 
         try:
-            history, raw = await self.link.run(both)
+            history, raw = await self.link.batched(both)
         except CacheUnavailable:
+            return None, None, "off"
+        if isinstance(history, Exception) or isinstance(raw, Exception):
             return None, None, "off"
         return [x.decode() for x in history], raw, "hit" if raw is not None else "miss"
 
