@@ -41,7 +41,7 @@ class RunConfig:
     max_len: int = 50
     n_layers: int = 2
     n_heads: int = 2
-    dropout: float = 0.2
+    dropout: float = 0.3
     user_id_embedding: bool = False
     baselines: bool = True
     threads: int = 2

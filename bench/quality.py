@@ -1,0 +1,138 @@
+"""Model quality on MovieLens-100K: every tower variant and baseline, one run, one split.
+
+    python -m bench.quality [--data-dir ../shared/data/ml-100k] [--encoders sasrec,gru]
+
+Each encoder is trained by the product's own command (``python -m training train``) in a
+child process, so its wall time and peak memory are its own; the baselines and the
+features-only / sequence-only modes come from the same run's eval report. Prints a table
+and writes the ``## Quality`` section of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench._common import ROOT, machine, write_section
+
+REFERENCE = {"popularity": (0.086, 0.045), "ease": (0.149, 0.072), "markov": (0.145, 0.079)}
+COLUMNS = ("HR@10", "NDCG@10", "HR@20", "Recall@20", "Coverage@10")
+
+
+def train(encoder: str, data_dir: Path, out: Path, threads: int) -> dict:
+    """Train one encoder in a child process; return its report, wall time and peak RSS."""
+    cmd = [sys.executable, "-m", "training", "train", "--dataset", "ml-100k", "--data-dir",
+           str(data_dir), "--encoder", encoder, "--out", str(out), "--threads", str(threads),
+           "--no-progress"]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    wall = time.perf_counter() - start
+    report = json.loads((out / "current" / "eval_report.json").read_text())
+    return {"report": report, "wall_s": wall, "peak_mb": report["peak_memory_mb"]}
+
+
+def rows(runs: dict[str, dict]) -> list[tuple[str, dict, float | None, float | None]]:
+    """(name, test metrics, train seconds, peak MB of the whole training process):
+    encoders, their single-branch modes, baselines."""
+    out = []
+    first = next(iter(runs.values()))["report"]["models"]
+    for encoder, run in runs.items():
+        models = run["report"]["models"]
+        out.append((encoder, models[encoder]["test"], models[encoder]["train_seconds"],
+                    run["peak_mb"]))
+        for mode in ("features-only", "sequence-only"):
+            if mode in models:
+                out.append((f"{encoder} {mode}", models[mode]["test"], None, None))
+    for name in ("popularity", "item-knn", "ease", "markov"):
+        out.append((name, first[name]["test"], first[name]["fit_seconds"], None))
+    return out
+
+
+def table(rows_: list) -> str:
+    lines = ["| model | " + " | ".join(COLUMNS) + " | train s | peak MB |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
+    for name, test, seconds, peak in rows_:
+        cells = [f"{test[c]:.4f}" for c in COLUMNS]
+        cells += [f"{seconds:.0f}" if seconds is not None else "",
+                  f"{peak:.0f}" if peak is not None else ""]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(runs: dict[str, dict]) -> list[str]:
+    first = next(iter(runs.values()))["report"]["models"]
+    towers = {e: r["report"]["models"][e]["test"] for e, r in runs.items()}
+    best = max(towers, key=lambda e: towers[e]["NDCG@10"])
+    base = max(("popularity", "item-knn", "ease", "markov"),
+               key=lambda b: first[b]["test"]["NDCG@10"])
+    hr, ndcg = towers[best]["HR@10"], towers[best]["NDCG@10"]
+    ratio = ndcg / first[base]["test"]["NDCG@10"]
+    slowest = max(r["report"]["models"][e]["train_seconds"] for e, r in runs.items())
+    feats = [r["report"]["models"].get("features-only", {}).get("test", {}).get("NDCG@10")
+             for r in runs.values()]
+    pop = first["popularity"]["test"]["NDCG@10"]
+
+    def ok(flag: bool) -> str:
+        return "met" if flag else "NOT met"
+
+    return [
+        f"- best tower `{best}`: HR@10 {hr:.4f} (target ≥ 0.22: {ok(hr >= 0.22)}), NDCG@10 "
+        f"{ndcg:.4f} (target ≥ 0.11: {ok(ndcg >= 0.11)})",
+        f"- {ratio:.2f}× the best baseline's NDCG@10 (`{base}`, "
+        f"{first[base]['test']['NDCG@10']:.4f}; target ≥ 1.3×: {ok(ratio >= 1.3)})",
+        f"- slowest tower training {slowest / 60:.1f} min (target ≤ 10 min: "
+        f"{ok(slowest <= 600)})",
+        "- features-only beats popularity: "
+        + ok(all(f is not None and f > pop for f in feats))
+        + f" (NDCG@10 {', '.join(f'{f:.4f}' for f in feats if f is not None)} vs {pop:.4f})",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
+    p.add_argument("--encoders", default="sasrec,gru")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
+    p.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
+    args = p.parse_args(argv)
+    command = "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    runs = {e: train(e, args.data_dir, args.out / e, args.threads)
+            for e in args.encoders.split(",")}
+    text = table(rows(runs))
+    print(text)
+    checks = verdict(runs)
+    print("\n".join(checks))
+    if args.no_write:
+        return
+    reference = ", ".join(f"{k} {hr:.3f} / {nd:.3f}" for k, (hr, nd) in REFERENCE.items())
+    write_section("Quality", "\n".join([
+        "## Quality",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
+        f"Machine: {machine()}",
+        "",
+        "MovieLens-100K, all 100,000 ratings as implicit feedback (943 users, 1,682 items), "
+        "leave-one-out by time (ties in file order), full ranking over all items with the "
+        "user's items excluded; test split, reported once. Each tower is trained by "
+        "`python -m training train` with default settings (early stopping on validation "
+        "NDCG@10); features-only / sequence-only are the same model with one branch given. "
+        f"Reference points on this protocol (HR@10 / NDCG@10): {reference}.",
+        "",
+        text,
+        "",
+        "Targets:",
+        "",
+        *checks,
+    ]))
+    print("wrote the ## Quality section of docs/BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
