@@ -236,6 +236,7 @@ end
 
 @dataclass
 class Result:
+    variant: str
     workers: int
     scenario: str
     concurrency: int
@@ -350,12 +351,70 @@ def warm(url: str, work: Workload) -> None:
                 client.request(method, path, json=body).raise_for_status()
 
 
+@dataclass
+class Variant:
+    """One service configuration: env overrides and optionally another service/ checkout."""
+
+    name: str
+    env: dict[str, str]
+    path: str | None = None
+
+
+def parse_variant(text: str) -> Variant:
+    """``NAME=KEY=VALUE,KEY=VALUE[,path:DIR]``."""
+    name, _, spec = text.partition("=")
+    env, path = {}, None
+    for part in filter(None, spec.split(",")):
+        if part.startswith("path:"):
+            path = part.removeprefix("path:")
+        else:
+            key, _, value = part.partition("=")
+            env[key] = value
+    return Variant(name, env, path)
+
+
+def measure(
+    variant: Variant,
+    server: Server,
+    workers: int,
+    scenario: str,
+    concurrency: int,
+    work: Workload,
+    args: argparse.Namespace,
+    client: str,
+    tmp: Path,
+) -> Result:
+    before = scrape(server.url)
+    if client == "wrk":
+        raw = run_wrk(server.url, scenario, work, concurrency, args.duration, tmp)
+    else:
+        raw = run_python(server.url, scenario, work, concurrency, args.duration)
+    after = scrape(server.url)
+
+    def delta(name: str) -> float:
+        return after[name] - before[name]
+
+    seconds = raw["duration_us"] / 1e6
+    return Result(
+        variant.name, workers, scenario, concurrency, raw["requests"], round(seconds, 2),
+        round(raw["requests"] / seconds, 1), raw["p50_us"] / 1000, raw["p95_us"] / 1000,
+        raw["p99_us"] / 1000, raw["errors"], raw["non2xx"],
+        int(delta("towerrec_cache_hits_total")), int(delta("towerrec_cache_misses_total")),
+        int(delta("towerrec_cache_errors_total")),
+        round(delta("towerrec_batch_size_sum") / max(1.0, delta("towerrec_batch_size_count")),
+              1),
+    )  # fmt: skip
+
+
 def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
+    """Every variant is measured right after the others for each (workers, concurrency,
+    scenario), so that they see the same background load of the machine."""
     from training.bundle import resolve
 
     bundle = str(resolve(args.bundle))
     work = load_workload(bundle, args.users)
-    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    variants = [Variant("current", dict(kv.split("=", 1) for kv in args.env), args.service_path)]
+    variants += [parse_variant(v) for v in args.baseline]
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"
@@ -365,40 +424,22 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
     try:
         for workers in args.workers:
             redis.flush()
-            server = Server(bundle, redis.url, workers, extra_env, args.service_path)
+            servers: list[Server] = []
             try:
-                warm(server.url, work)
+                for variant in variants:
+                    env = {"CACHE_PREFIX": f"{variant.name}:", **variant.env}
+                    servers.append(Server(bundle, redis.url, workers, env, variant.path))
+                    warm(servers[-1].url, work)
                 for concurrency in args.concurrency:
                     for scenario in SCENARIOS:
-                        before = scrape(server.url)
-                        if client == "wrk":
-                            raw = run_wrk(server.url, scenario, work, concurrency,
-                                          args.duration, tmp)  # fmt: skip
-                        else:
-                            raw = run_python(server.url, scenario, work, concurrency,
-                                             args.duration)  # fmt: skip
-                        after = scrape(server.url)
-                        seconds = raw["duration_us"] / 1e6
-                        res = Result(
-                            workers, scenario, concurrency, raw["requests"], round(seconds, 2),
-                            round(raw["requests"] / seconds, 1), raw["p50_us"] / 1000,
-                            raw["p95_us"] / 1000, raw["p99_us"] / 1000, raw["errors"],
-                            raw["non2xx"],
-                            int(after["towerrec_cache_hits_total"]
-                                - before["towerrec_cache_hits_total"]),
-                            int(after["towerrec_cache_misses_total"]
-                                - before["towerrec_cache_misses_total"]),
-                            int(after["towerrec_cache_errors_total"]
-                                - before["towerrec_cache_errors_total"]),
-                            round((after["towerrec_batch_size_sum"]
-                                   - before["towerrec_batch_size_sum"])
-                                  / max(1.0, after["towerrec_batch_size_count"]
-                                        - before["towerrec_batch_size_count"]), 1),
-                        )  # fmt: skip
-                        results.append(res)
-                        print(row(res), flush=True)
+                        for variant, server in zip(variants, servers, strict=True):
+                            res = measure(variant, server, workers, scenario, concurrency,
+                                          work, args, client, tmp)  # fmt: skip
+                            results.append(res)
+                            print(row(res), flush=True)
             finally:
-                server.stop()
+                for server in servers:
+                    server.stop()
     finally:
         redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -408,8 +449,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
         "machine": machine(),
         "bundle": work.summary,
         "client": client,
-        "env": extra_env,
-        "service_path": args.service_path,
+        "variants": [asdict(v) for v in variants],
     }
     return results, meta
 
@@ -432,32 +472,60 @@ def machine() -> str:
 
 
 # --- reporting ----------------------------------------------------------------------------
-HEADER = ("| workers | scenario | conc. | req/s | p50 ms | p95 ms | p99 ms | errors | "
+HEADER = ("| variant | workers | scenario | conc. | req/s | p50 ms | p95 ms | p99 ms | errors | "
           "cache hit/miss/err | batch | vs /healthz |")  # fmt: skip
 
 
 def row(r: Result, ratio: float | None = None) -> str:
     vs = f"{ratio:.0%}" if ratio is not None else ""
-    return (f"| {r.workers} | {r.scenario} | {r.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | "
-            f"{r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.errors + r.non2xx} | "
+    return (f"| {r.variant} | {r.workers} | {r.scenario} | {r.concurrency} | {r.rps:,.0f} | "
+            f"{r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.errors + r.non2xx} | "
             f"{r.cache_hits}/{r.cache_misses}/{r.cache_errors} | {r.mean_batch or ''} | "
             f"{vs} |")  # fmt: skip
 
 
-def table(results: list[Result]) -> str:
-    base = {(r.workers, r.concurrency): r.rps for r in results if r.scenario == "healthz"}
-    lines = [HEADER, "|" + "---|" * 11]
+def ceilings(results: list[Result]) -> dict[tuple, float]:
+    return {(r.variant, r.workers, r.concurrency): r.rps for r in results
+            if r.scenario == "healthz"}  # fmt: skip
+
+
+def table(results: list[Result], variant: str | None = None) -> str:
+    base = ceilings(results)
+    lines = [HEADER, "|" + "---|" * 12]
     for r in results:
-        ceiling = base.get((r.workers, r.concurrency))
-        lines.append(row(r, r.rps / ceiling if ceiling else None))
+        if variant is None or r.variant == variant:
+            ceiling = base.get((r.variant, r.workers, r.concurrency))
+            lines.append(row(r, r.rps / ceiling if ceiling else None))
     return "\n".join(lines)
 
 
-def targets(results: list[Result]) -> list[str]:
-    out = []
-    base = {(r.workers, r.concurrency): r.rps for r in results if r.scenario == "healthz"}
+def comparison(results: list[Result]) -> str:
+    """req/s and p99 of each variant side by side (paired runs)."""
+    names = list(dict.fromkeys(r.variant for r in results))
+    if len(names) < 2:
+        return ""
+    by_key = {(r.variant, r.workers, r.scenario, r.concurrency): r for r in results}
+    head = "| workers | scenario | conc. | " + " | ".join(
+        f"{n} req/s (p99 ms)" for n in names) + " |"  # fmt: skip
+    lines = [head, "|" + "---|" * (3 + len(names))]
     for r in results:
-        ceiling = base.get((r.workers, r.concurrency))
+        if r.variant != names[0]:
+            continue
+        cells = []
+        for n in names:
+            other = by_key.get((n, r.workers, r.scenario, r.concurrency))
+            cells.append(f"{other.rps:,.0f} ({other.p99_ms:.1f})" if other else "")
+        lines.append(f"| {r.workers} | {r.scenario} | {r.concurrency} | " + " | ".join(cells)
+                     + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def targets(results: list[Result], variant: str = "current") -> list[str]:
+    out = []
+    base = ceilings(results)
+    mine = [r for r in results if r.variant == variant]
+    for r in mine:
+        ceiling = base.get((r.variant, r.workers, r.concurrency))
         if r.concurrency == 32 and ceiling and r.scenario.startswith("recommend"):
             need = 0.60 if r.scenario == "recommend-hit" else 0.35
             ratio = r.rps / ceiling
@@ -474,7 +542,13 @@ def targets(results: list[Result]) -> list[str]:
 
 
 def section(results: list[Result], meta: dict, notes: str) -> str:
-    return "\n".join([
+    variants = meta["variants"]
+    described = "; ".join(
+        f"`{v['name']}`: " + (", ".join(f"{k}={x}" for k, x in v["env"].items()) or "defaults")
+        + (f", service/ from {v['path']}" if v["path"] else "")
+        for v in variants
+    )  # fmt: skip
+    parts = [
         "## Load",
         "",
         f"Command: `{meta['command']}`  ",
@@ -482,18 +556,22 @@ def section(results: list[Result], meta: dict, notes: str) -> str:
         f"Machine: {meta['machine']}  ",
         f"Bundle: {meta['bundle']}  ",
         f"Load generator: {meta['client']} (1 thread, keep-alive connections = concurrency), "
-        "server and Redis on 127.0.0.1, all on the same 2 cores."
-        + (f"  \nService env overrides: `{meta['env']}`" if meta["env"] else ""),
+        "server, Redis and load generator on 127.0.0.1, all on the same 2 cores.  ",
+        f"Variants (measured back to back for every row): {described}",
         "",
-        table(results),
+        "### Current service",
+        "",
+        table(results, "current"),
         "",
         "Targets:",
         "",
         *targets(results),
         "",
-        notes.strip(),
-        "",
-    ])  # fmt: skip
+    ]  # fmt: skip
+    if len(variants) > 1:
+        parts += ["### Before / after (paired runs)", "", comparison(results), ""]
+    parts += [notes.strip(), ""]
+    return "\n".join(parts)
 
 
 def write_section(text: str, path: Path = DOC) -> None:
@@ -544,6 +622,8 @@ def main(argv: list[str] | None = None) -> None:
     results, meta = run_all(args)
     print()
     print(table(results))
+    if args.baseline:
+        print(comparison(results))
     print("\n".join(targets(results)))
     out = args.json or RESULTS_DIR / f"load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

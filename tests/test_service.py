@@ -4,6 +4,7 @@ metrics. Redis behaviour: test_service_redis.py; reloads: test_service_reload.py
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -504,3 +505,28 @@ async def test_known_user_vector_is_the_towers_output_for_that_user(
             torch.tensor([u + 1]),
         )[0].numpy()
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5)
+
+
+async def test_concurrent_requests_share_forward_passes_and_searches(served_root, cat):
+    """The micro-batcher: concurrent cache misses go through fewer forward passes than
+    requests, concurrent search-only requests through fewer searches; answers unchanged."""
+    items = [it["id"] for it in cat["items"]]
+    bodies = [{"recent_items": items[n : n + 3], "k": 5} for n in range(24)]
+    async with serve(settings(served_root, cache_enabled=False)) as (client, app):
+        alone = [ids((await client.post("/recommend", json=b)).json()) for b in bodies]
+        metrics = app.state.metrics
+        before = metrics.batch_size.collect()[0].samples
+        count = next(s.value for s in before if s.name.endswith("_count"))
+        together = await asyncio.gather(*(client.post("/recommend", json=b) for b in bodies))
+        after = metrics.batch_size.collect()[0].samples
+        batches = next(s.value for s in after if s.name.endswith("_count")) - count
+        assert [ids(r.json()) for r in together] == alone
+        assert batches < len(bodies) / 2, batches
+
+        count = next(s.value for s in after if s.name.endswith("_count"))
+        similar = await asyncio.gather(
+            *(client.get(f"/similar-items/{i}", params={"k": 4}) for i in items[:24])
+        )
+        assert all(r.status_code == 200 and len(ids(r.json())) == 4 for r in similar)
+        final = metrics.batch_size.collect()[0].samples
+        assert next(s.value for s in final if s.name.endswith("_count")) - count < 12
