@@ -38,8 +38,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     loss: str = "auto"  # auto | full | sampled
     uniform_negatives: int = 2048
-    branch_dropout: float = 0.3  # per user: hide features (or sequence) with this probability
-    item_id_dropout: float = 0.1  # per step: embed this share of items from features alone
+    branch_dropout: float = 0.15  # per user: hide features (or sequence) with this probability
+    item_id_dropout: float = 0.05  # per step: embed this share of items from features alone
     patience: int = 15  # epochs without validation NDCG@10 improvement before stopping
     seed: int = 0
 
