@@ -602,6 +602,14 @@ def main(argv: list[str] | None = None) -> None:
         help="extra service environment (e.g. MICROBATCH=false)",
     )
     p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=K=V,...",
+        help="also measure this variant right after each run of the current service: env "
+        "overrides and/or path:DIR (another service/ checkout)",
+    )
+    p.add_argument(
         "--service-path",
         default=None,
         help="directory holding another service/ package to benchmark (e.g. an "

@@ -117,6 +117,9 @@ class Metrics:
         )
 
     def set_model(self, version: str) -> None:
+        for (previous,) in list(self.model_info._metrics):  # noqa: SLF001
+            # multiprocess mode keeps values in files that clear() does not touch
+            self.model_info.labels(version=previous).set(0)
         self.model_info.clear()
         self.model_info.labels(version=version).set(1)
         self.model_loaded.set(time.time())
