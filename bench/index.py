@@ -74,26 +74,37 @@ class ExclusionRow:
     p50_ms: float
     qps64: float
     recall10: float
+    fallback_share: float  # rows completed by the exact scan
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def mixture(n: int, d: int = DIM, seed: int = 0) -> np.ndarray:
-    """Clustered vectors: ~n/1000 clusters (at least 32), Zipf(1.1) sizes, varied norms."""
+    """Clustered vectors shaped like trained item embeddings.
+
+    ~n/1000 Gaussian clusters (at least 32) with Zipf(1.1) sizes. Centres and within-cluster
+    noise (relative spread 0.3-0.7) share a power-law spectrum (variance of latent dim i
+    ∝ i^-1.3) in a random rotation, and norms vary log-normally per cluster and per item.
+    The spectrum and norm spread were chosen to resemble a trained ML-100K bundle's item
+    embeddings (90% / 95% of the variance in 14 / 23 of 64 dims, norm CV 0.28); the bench
+    prints the same profile for every catalog (``profile``).
+    """
     rng = np.random.default_rng(seed)
     clusters = max(32, n // 1000)
+    spectrum = np.arange(1, d + 1) ** -0.65  # std per latent dim: variance ∝ i^-1.3
+    rotation = np.linalg.qr(rng.standard_normal((d, d)))[0]
     centers = rng.standard_normal((clusters, d))
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    scale = rng.lognormal(0.0, 0.25, clusters)  # popular regions have longer vectors
     spread = rng.uniform(0.3, 0.7, clusters)
+    scale = rng.lognormal(0.0, 0.2, clusters)  # some regions have longer vectors
     weights = 1.0 / np.arange(1, clusters + 1) ** 1.1
     labels = rng.choice(clusters, n, p=weights / weights.sum())
     out = np.empty((n, d), dtype=np.float32)
     for start in range(0, n, 100_000):  # chunked: bounded float64 temporaries
         lab = labels[start : start + 100_000]
-        noise = rng.standard_normal((len(lab), d)) * (spread[lab, None] / np.sqrt(d))
-        out[start : start + len(lab)] = scale[lab, None] * (centers[lab] + noise)
+        latent = centers[lab] + spread[lab, None] * rng.standard_normal((len(lab), d))
+        norm = scale[lab] * rng.lognormal(0.0, 0.1, len(lab))
+        out[start : start + len(lab)] = (latent * spectrum) @ rotation.T * norm[:, None]
     return out
 
 
@@ -130,45 +141,123 @@ def measure_kinds(
 ) -> tuple[list[Row], dict[str, ItemIndex]]:
     """Every setting of ``settings`` on one catalog; returns rows and the indexes in ``keep``."""
     truth = exact_top_k(base, queries, 10)
-    n_single = 200 if len(base) >= 500_000 else 1000
     rows: list[Row] = []
     kept: dict[str, ItemIndex] = {}
-    flat_row: Row | None = None
     for spec, knobs in settings(len(base), quick):
         faiss.omp_set_num_threads(BUILD_THREADS)
         start = time.perf_counter()
         index = ItemIndex.from_vectors(base, spec)
         build_s = time.perf_counter() - start
         size = serialized_bytes(index.faiss_index)
-        faiss.omp_set_num_threads(1)
         for knob in knobs:
             index.set_search_params(**knob)
-            search = faiss_search(index)
-            found = search(queries, 10)[1]
-            ms = single_query_ms(search, queries[: min(n_single, len(queries))], 10)
-            row = Row(
+            row = measure(
                 catalog,
-                len(base),
+                base,
+                queries,
+                truth,
                 spec.kind,
                 index.spec.label(),
+                faiss_search(index),
                 build_s,
                 size,
-                float(np.percentile(ms, 50)),
-                float(np.percentile(ms, 99)),
-                batch_qps(search, queries, 10),
-                recall(found, truth, 10),
+                rows,
             )
-            if spec.kind == "flat":
-                flat_row = row
-            elif flat_row is not None:
-                row.speedup_p50 = flat_row.p50_ms / row.p50_ms
-                row.speedup_qps = row.qps64 / flat_row.qps64
             rows.append(row)
-            print(fmt_row(row), flush=True)
             if index.spec.label() in keep:
                 kept[index.spec.label()] = index
         del index
+    if len(base) == 100_000 and not quick:
+        rows += spherical_ivf(catalog, base, queries, truth, rows)
     return rows, kept
+
+
+def measure(
+    catalog: str,
+    base: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    kind: str,
+    label: str,
+    search,
+    build_s: float,
+    size: int,
+    rows: list[Row],
+) -> Row:
+    """One setting: recall@10, single-query latency and batch-64 throughput on 1 thread."""
+    faiss.omp_set_num_threads(1)
+    n_single = 200 if len(base) >= 500_000 else 1000
+    found = search(queries, 10)[1]
+    ms = single_query_ms(search, queries[:n_single], 10)
+    row = Row(
+        catalog,
+        len(base),
+        kind,
+        label,
+        build_s,
+        size,
+        float(np.percentile(ms, 50)),
+        float(np.percentile(ms, 99)),
+        batch_qps(search, queries, 10),
+        recall(found, truth, 10),
+    )
+    flat = next((r for r in rows if r.catalog == catalog and r.kind == "flat"), None)
+    if flat is not None and kind != "flat":
+        row.speedup_p50 = flat.p50_ms / row.p50_ms
+        row.speedup_qps = row.qps64 / flat.qps64
+    print(fmt_row(row), flush=True)
+    return row
+
+
+def spherical_ivf(
+    catalog: str, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: list[Row]
+) -> list[Row]:
+    """FAISS's own inner-product IVF (spherical k-means, items assigned by inner product),
+    for comparison with ``index``'s Euclidean cells probed by inner product."""
+    faiss.omp_set_num_threads(BUILD_THREADS)
+    nlist = auto_nlist(len(base))
+    start = time.perf_counter()
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).choice(len(base), 64 * nlist, replace=False)
+    ivf.train(base[np.sort(sample)])
+    ivf.add(base)
+    build_s = time.perf_counter() - start
+    out = []
+    for nprobe in (16, 64):
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+
+        def search(q, k, params=params):
+            return ivf.search(q, k, params=params)
+
+        label = f"ivf, FAISS default spherical cells: nlist={nlist} nprobe={nprobe}"
+        out.append(
+            measure(
+                catalog,
+                base,
+                queries,
+                truth,
+                "ivf-spherical",
+                label,
+                search,
+                build_s,
+                serialized_bytes(ivf),
+                rows + out,
+            )
+        )
+    return out
+
+
+def profile(base: np.ndarray) -> str:
+    """How embedding-like a catalog is: PCA dims for 90/95% of the variance, norm spread."""
+    sample = base[np.random.default_rng(0).choice(len(base), min(len(base), 50_000), False)]
+    centred = sample - sample.mean(axis=0)
+    energy = np.cumsum(np.linalg.svd(centred, compute_uv=False) ** 2)
+    dims = [int(np.searchsorted(energy / energy[-1], t)) + 1 for t in (0.9, 0.95)]
+    norms = np.linalg.norm(sample, axis=1)
+    return (
+        f"90% / 95% of the variance in {dims[0]} / {dims[1]} of {base.shape[1]} dims, "
+        f"norm CV {norms.std() / norms.mean():.2f}"
+    )
 
 
 def seen_sets(base: np.ndarray, queries: np.ndarray, size: int, seed: int) -> list[set[int]]:
@@ -200,7 +289,9 @@ def measure_exclusions(
         for label, index in indexes.items():
             for strategy in ("overfetch", "selector"):
                 index.exclusion = strategy
+                before = index.stats["exact_fallbacks"]
                 ids, _ = index.search(queries, k, seen)
+                fallbacks = (index.stats["exact_fallbacks"] - before) / len(queries)
                 assert (ids >= 0).all(), "fewer than k results"
                 assert all(not set(r.tolist()) & s for r, s in zip(ids, seen, strict=True))
                 ms = []
@@ -218,6 +309,7 @@ def measure_exclusions(
                     float(np.percentile(ms, 50)),
                     qps,
                     recall(ids[:, :10], truth, 10),
+                    fallbacks,
                 )
                 rows.append(row)
                 print(fmt_exclusion(row), flush=True)
@@ -264,7 +356,7 @@ def fmt_row(r: Row) -> str:
 def fmt_exclusion(r: ExclusionRow) -> str:
     return (
         f"| {r.catalog} | {r.setting} | {r.k} | {r.excluded} | {r.strategy} | "
-        f"{r.p50_ms:.3f} | {r.qps64:,.0f} | {r.recall10:.3f} |"
+        f"{r.p50_ms:.3f} | {r.qps64:,.0f} | {r.recall10:.3f} | {r.fallback_share:.1%} |"
     )
 
 
@@ -274,29 +366,38 @@ KIND_HEADER = (
 )
 EXCLUSION_HEADER = (
     "| catalog | setting | k | excluded | strategy | p50 ms (1 query) | "
-    "QPS (batch 64) | recall@10 |\n|---|---|---|---|---|---|---|---|"
+    "QPS (batch 64) | recall@10 | exact fallback |\n|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def headline(rows: list[Row]) -> list[str]:
-    """Per catalog: the fastest ANN setting meeting the target, or the best miss."""
+    """Per catalog: the fastest ANN setting meeting the target, else the best tries."""
     out = []
     for catalog in dict.fromkeys(r.catalog for r in rows):
-        ann = [r for r in rows if r.catalog == catalog and r.kind != "flat"]
+        ann = [r for r in rows if r.catalog == catalog and r.kind in ("hnsw", "ivf")]
+        if not ann:
+            continue
         ok = [r for r in ann if r.recall10 >= TARGET_RECALL and r.p50_ms <= TARGET_P50_MS]
         if ok:
             best = min(ok, key=lambda r: r.p50_ms)
             out.append(
-                f"- {catalog}: **met** by `{best.setting}`: recall@10 "
-                f"{best.recall10:.3f}, p50 {best.p50_ms:.3f} ms, p99 {best.p99_ms:.3f} ms "
+                f"- {catalog}: **met** by `{best.setting}`: recall@10 {best.recall10:.3f}, "
+                f"p50 {best.p50_ms:.3f} ms, p99 {best.p99_ms:.3f} ms "
                 f"({best.speedup_p50:.0f}× faster than exact)"
             )
-        elif ann:
-            best = max(ann, key=lambda r: (r.recall10 >= TARGET_RECALL, -r.p50_ms, r.recall10))
-            out.append(
-                f"- {catalog}: **not met**; closest `{best.setting}`: recall@10 "
-                f"{best.recall10:.3f}, p50 {best.p50_ms:.3f} ms"
-            )
+            continue
+        fast = [r for r in ann if r.p50_ms <= TARGET_P50_MS]
+        line = f"- {catalog}: **not met**"
+        if fast:
+            best = max(fast, key=lambda r: r.recall10)
+            line += f"; best recall within {TARGET_P50_MS:g} ms: `{best.setting}` "
+            line += f"({best.recall10:.3f} at {best.p50_ms:.3f} ms)"
+        accurate = [r for r in ann if r.recall10 >= TARGET_RECALL]
+        if accurate:
+            best = min(accurate, key=lambda r: r.p50_ms)
+            line += f"; fastest with recall ≥ {TARGET_RECALL}: `{best.setting}` "
+            line += f"({best.p50_ms:.3f} ms)"
+        out.append(line)
     return out
 
 
@@ -348,15 +449,22 @@ def section(meta: dict, rows: list[Row], exclusions: list[ExclusionRow]) -> str:
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']} (wall time {meta['minutes']:.1f} min)  ",
         f"Machine: {meta['machine']}  ",
-        f"FAISS: {faiss.__version__}; load average {meta['load_start']:.1f} at start, "
-        f"{meta['load_end']:.1f} at end (the machine is shared; latencies are noisy)",
+        f"FAISS {faiss.__version__}; load average {meta['load_start']:.1f} at start, "
+        f"{meta['load_end']:.1f} at end (a shared machine: other jobs ran; p99 is noisy)",
         "",
-        "Catalogs: d=64 mixture of Gaussians (≈N/1000 clusters, Zipf(1.1) cluster sizes, "
-        "log-normal norms); queries are 1,000 held-out draws of the same mixture "
-        "(the bundle row: user-like Gaussian vectors with the catalog's mean and covariance). "
-        "Raw inner product throughout. Build: 2 threads. Queries: 1 thread; single-query "
-        "latency is one `search` call per query, throughput is batches of 64; recall@10 is "
-        "against exact search on the same catalog. IVF `nlist` ≈ 4·√N.",
+        "Catalogs: d=64 mixture of Gaussians shaped like trained item embeddings "
+        "(`bench.index.mixture`: ≈N/1000 clusters with Zipf(1.1) sizes, a power-law spectrum, "
+        "log-normal norms); queries are 1,000 held-out draws of the same mixture. The bundle "
+        "row is a real ML-100K two-tower bundle, queried with user-like Gaussian vectors (the "
+        "catalog's mean and covariance). Shape of each catalog:",
+        "",
+        *[f"- {p}" for p in meta["profiles"]],
+        "",
+        "Raw inner product throughout. Build: 2 threads. Queries: 1 thread; latency is one "
+        "`search` call per query, throughput is batches of 64; recall@10 is against exact "
+        "search on the same catalog. IVF: `nlist` ≈ 4·√N, Euclidean k-means cells probed "
+        "by inner product (`index.factory`); the `FAISS default spherical cells` rows are "
+        "FAISS's own inner-product IVF at the same `nlist`, for comparison.",
         "",
         "Target: at 1M items, recall@10 ≥ 0.95 at p50 ≤ 1 ms for a single query on 1 thread.",
         "",
@@ -367,11 +475,14 @@ def section(meta: dict, rows: list[Row], exclusions: list[ExclusionRow]) -> str:
         "",
         "### Excluding seen items: IDSelector vs over-fetch",
         "",
-        "Through `ItemIndex.search` (1 thread). Each query excludes `excluded` ids: half drawn "
-        "from its exact top-`excluded`, half random, so exclusions remove real results. "
-        "`selector` = one FAISS call per query with `IDSelectorNot(IDSelectorBatch)` in the "
-        "search parameters; `overfetch` = one batched call for `k + max|excluded|` results, "
-        "then a vectorised filter. recall@10 is against exact search with the same exclusions.",
+        "Through `ItemIndex.search` (1 thread), 256 queries. Each query excludes `excluded` "
+        "ids: half drawn from its exact top-`excluded`, half random, so exclusions remove real "
+        "results. `selector` = one FAISS call per query with `IDSelectorNot(IDSelectorBatch)` "
+        "in the search parameters; `overfetch` = one batched call for `k + max|excluded|` "
+        "results, then a vectorised filter. Every result had k ids and no excluded id "
+        "(asserted). recall@10 is against exact search with the same exclusions; `exact "
+        "fallback` is the share of rows the ANN index could not fill, completed by an exact "
+        "scan.",
         "",
         *exclusion_summary(exclusions),
         "",
@@ -399,25 +510,24 @@ def write_section(text: str, path: Path = DOC) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def run(args: argparse.Namespace) -> tuple[list[Row], list[ExclusionRow]]:
+def run(args: argparse.Namespace) -> tuple[list[Row], list[ExclusionRow], list[str]]:
     rows: list[Row] = []
     exclusions: list[ExclusionRow] = []
+    profiles: list[str] = []
     n_queries = 500 if args.quick else 1000
     print(KIND_HEADER, flush=True)
     for n in args.sizes:
         base, queries = synthetic(n, n_queries, seed=n)
         name = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
-        keep = {
-            "flat",
-            "hnsw M=32 efC=64 efS=64" if not args.quick else "hnsw M=16 efC=64 efS=64",
-            f"ivf nlist={auto_nlist(n)} nprobe=32 pq=0"
-            if not args.quick
-            else f"ivf nlist={auto_nlist(n)} nprobe=16 pq=0",
-        }
-        measure = n >= 100_000
-        new_rows, kept = measure_kinds(name, base, queries, args.quick, keep if measure else set())
+        profiles.append(f"{name}: {profile(base)}")
+        m, nprobe = (16, 16) if args.quick else (32, 32)
+        keep = {"flat", f"hnsw M={m} efC=64 efS=64", f"ivf nlist={auto_nlist(n)} nprobe={nprobe}"}
+        excluding = n >= 100_000  # the exclusion comparison on the larger catalogs
+        new_rows, kept = measure_kinds(
+            name, base, queries, args.quick, keep if excluding else set()
+        )
         rows += new_rows
-        if measure:
+        if excluding:
             print(EXCLUSION_HEADER, flush=True)
             exclusions += measure_exclusions(name, base, queries[:256], kept, args.quick)
             print(KIND_HEADER, flush=True)
@@ -428,10 +538,12 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[ExclusionRow]]:
         root = resolve(args.bundle)
         base = np.asarray(load_array(root / ITEM_EMBEDDINGS), dtype=np.float32)
         queries = user_like_queries(base, n_queries, seed=0)
-        rows += measure_kinds(f"bundle ({len(base)} items)", base, queries, args.quick, set())[0]
+        name = f"bundle ({len(base)} items)"
+        profiles.append(f"{name}: {profile(base)}")
+        rows += measure_kinds(name, base, queries, args.quick, set())[0]
     else:
         print("note: no --bundle given: skipping the real item-embedding row", flush=True)
-    return rows, exclusions
+    return rows, exclusions, profiles
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -449,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")
     args.sizes = [int(s) for s in sizes.split(",")]
     started, load_start = time.perf_counter(), os.getloadavg()[0]
-    rows, exclusions = run(args)
+    rows, exclusions, profiles = run(args)
     meta = {
         "command": " ".join(["python -m bench.index", *argv]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -457,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
+        "profiles": profiles,
     }
     print("\n".join(["", *headline(rows), *exclusion_summary(exclusions)]))
     if not args.no_write:

@@ -46,7 +46,7 @@ EfConstruction = Annotated[int, typer.Option(help="HNSW: candidate list size whi
 EfSearch = Annotated[int, typer.Option(help="HNSW: candidate list size while searching.")]
 Nlist = Annotated[int | None, typer.Option(help="IVF: number of lists (default ~4·√N).")]
 Nprobe = Annotated[
-    int | None, typer.Option(help="IVF: lists scanned per query (default nlist/16).")
+    int | None, typer.Option(help="IVF: lists scanned per query (default max(16, nlist/64)).")
 ]
 Pq = Annotated[
     int,
@@ -213,9 +213,8 @@ def info(bundle: BundleOpt = Path("artifacts/current")) -> None:
     for name, entry in section["files"].items():
         typer.echo(f"  {name:12} {human_bytes(entry['bytes']):>9}  sha256 {entry['sha256']}")
     for op in section["history"][-5:]:
-        typer.echo(
-            f"  v{op['version']:04d} {op['at']} {op['op']} {', '.join(op.get('items', [])[:5])}"
-        )
+        items = ", ".join(op.get("items", [])[:5])
+        typer.echo(f"  v{op['version']:04d} {op['at']} {op['op']} {items}".rstrip())
 
 
 @app.command("eval")

@@ -53,6 +53,7 @@ FILES = (FAISS_FILE, VECTORS_FILE, ITEMS_FILE)
 KEEP_VERSIONS = 3
 HISTORY = 50  # operations remembered in the section
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
+_SECTION_PATH = re.compile(rf"^{INDEX_DIR}/v\d{{4,}}$")
 
 
 @dataclass
@@ -170,7 +171,7 @@ def _section(
         "ntotal": int(snap.index.ntotal),  # vectors inside the FAISS index
         "tombstones": tombstones,
         "files": files,
-        "built_at": previous.get("built_at", now) if op["op"] != "build" else now,
+        "built_at": now if op["op"] in ("build", "compact") else previous.get("built_at", now),
         "updated_at": now,
         "history": history[-HISTORY:],
     }
@@ -238,6 +239,10 @@ def load_version(bundle: str | Path, *, mmap: bool = True, verify: bool = True) 
         raise IndexFileError(
             f"{root / MANIFEST}: index format {section.get('format')!r}, "
             f"expected {SECTION_FORMAT!r}"
+        )
+    if not _SECTION_PATH.match(str(section.get("path", ""))):
+        raise IndexFileError(
+            f"{root / MANIFEST}: index path {section.get('path')!r} is not index/vNNNN"
         )
     directory = root / section["path"]
     for name in FILES:

@@ -200,6 +200,9 @@ def _vectors_for(
 ) -> np.ndarray:
     """Given vectors (checked) or item-tower vectors from the records' features."""
     if given is None:
+        for r in records:
+            if not r["features"]:
+                log.warning("item %r has no features: it gets the unknown-item vector", r["id"])
         return embed.item_vectors(root, [r["features"] for r in records])
     given = np.asarray(given, dtype=np.float32).reshape(len(records), -1)
     if given.shape[1] != snap.dim:

@@ -188,6 +188,20 @@ def test_catalog_accessors(data, indexes):
         index.search(base[:2], 3, exclude=[set()])
 
 
+def test_ivf_cells_are_euclidean_and_items_sit_in_their_nearest_cell():
+    base = clustered(3000, seed=5)
+    index = ItemIndex.from_vectors(base, IndexSpec("ivf", nlist=16, nprobe=4))
+    ivf = faiss.extract_index_ivf(index.faiss_index)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    assert np.linalg.norm(centroids, axis=1).std() > 0.05  # not spherical (unit) centroids
+    nearest = np.argmin(((base[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+    placed = np.full(len(base), -1)
+    for cell in range(ivf.nlist):
+        size = ivf.invlists.list_size(cell)
+        placed[faiss.rev_swig_ptr(ivf.invlists.get_ids(cell), size).astype(np.int64)] = cell
+    assert (placed == nearest).mean() > 0.99  # (float ties aside)
+
+
 def test_ivf_pq_builds_and_excludes():
     base = clustered(1000, seed=4)
     index = ItemIndex.from_vectors(base, IndexSpec("ivf", nlist=8, nprobe=8, pq_m=8, pq_nbits=4))
