@@ -129,7 +129,9 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port",
              str(self.port), "--workers", str(workers), "--log-level", "warning"],
-            cwd=ROOT, env=full_env, start_new_session=True,
+            # `python -m` puts the working directory first on sys.path: another checkout
+            # of service/ runs from its own directory (training/, index/ via PYTHONPATH)
+            cwd=service_path or ROOT, env=full_env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         wait_http(f"{self.url}/readyz", self.proc)
@@ -617,6 +619,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--notes", default="", help="markdown appended to the section (or @file)")
     p.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="RESULTS.json",
+        help="do not run: print and write the section of a saved run",
+    )
     p.add_argument("--json", type=Path, default=None, help="results file (default: bench/results)")
     args = p.parse_args(argv)
     args.argv = argv
@@ -626,17 +635,22 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--duration must be in (0, 300] seconds")
     if max(args.concurrency) > 256:
         p.error("--concurrency is capped at 256")
-    print(HEADER, flush=True)
-    results, meta = run_all(args)
+    if args.render is not None:  # re-render a saved run (e.g. after editing --notes)
+        saved = json.loads(args.render.read_text())
+        results, meta = [Result(**r) for r in saved["results"]], saved["meta"]
+    else:
+        print(HEADER, flush=True)
+        results, meta = run_all(args)
+        out = args.json or RESULTS_DIR / f"load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]},
+                                  indent=2))  # fmt: skip
+        print(f"results: {out}")
     print()
     print(table(results))
-    if args.baseline:
+    if len({r.variant for r in results}) > 1:
         print(comparison(results))
     print("\n".join(targets(results)))
-    out = args.json or RESULTS_DIR / f"load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
-    print(f"results: {out}")
     if not args.no_write:
         notes = args.notes
         if notes.startswith("@"):
