@@ -151,16 +151,17 @@ def train(index: faiss.Index, x: np.ndarray, seed: int = 0) -> None:
     for IVF-PQ the codebooks on the residuals to the nearest centroid."""
     if index.is_trained:
         return
-    ivf = faiss.extract_index_ivf(index)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     cap = TRAIN_PER_LIST * ivf.nlist
     if len(x) > cap:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), cap, replace=False))]
     kmeans = faiss.Kmeans(ivf.d, ivf.nlist, niter=20, seed=seed + 1)
     kmeans.train(np.ascontiguousarray(x))
     ivf.quantizer.add(kmeans.centroids)  # an IndexFlatIP: probes by <q, centroid>
-    if isinstance(ivf, faiss.IndexIVFPQ):
+    if isinstance(ivf, faiss.IndexIVFPQ):  # codebooks for the residuals to the cell centroid
         cells = nearest_cells(ivf, x)
-        ivf.train_encoder(len(x), faiss.swig_ptr(x), faiss.swig_ptr(cells))
+        residuals = np.ascontiguousarray(x - kmeans.centroids[cells], dtype=np.float32)
+        ivf.train_encoder(len(x), faiss.swig_ptr(residuals), faiss.swig_ptr(cells))
     ivf.is_trained = True
 
 
@@ -178,7 +179,7 @@ def add(index: faiss.Index, x: np.ndarray, ids: np.ndarray, progress: bool = Fal
     the quantizer's inner-product choice.
     """
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    ivf = faiss.extract_index_ivf(index) if isinstance(index, faiss.IndexIVF) else None
+    ivf = faiss.downcast_index(index) if isinstance(index, faiss.IndexIVF) else None
     steps = range(0, len(x), ADD_CHUNK)
     bar = tqdm(
         steps, desc="adding vectors", unit="chunk", disable=not progress or None, leave=False
