@@ -119,7 +119,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "2", "-m", "training", "train", "--out", str(tmp_path / "ddp"), "--distributed",
-           "--threads", "1", *args]
+           "--threads", "1", *args, "--batch-size", "64"]  # 2 ranks x 64 = the single batch
     ddp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "rank 1 of 2" in ddp.stderr
