@@ -24,15 +24,20 @@ REFERENCE = {"popularity": (0.086, 0.045), "ease": (0.149, 0.072), "markov": (0.
 COLUMNS = ("HR@10", "NDCG@10", "HR@20", "Recall@20", "Coverage@10")
 
 
-def train(encoder: str, data_dir: Path, out: Path, threads: int) -> dict:
-    """Train one encoder in a child process; return its report, wall time and peak RSS."""
+def train(encoder: str, data_dir: Path, out: Path, threads: int, reuse: bool) -> dict:
+    """Train one encoder in a child process; return its report, wall time and peak RSS.
+    ``reuse`` reads a report an earlier run left in ``out`` instead of training again."""
+    report_path = out / "current" / "eval_report.json"
+    if reuse and report_path.is_file():
+        report = json.loads(report_path.read_text())
+        return {"report": report, "wall_s": None, "peak_mb": report["peak_memory_mb"]}
     cmd = [sys.executable, "-m", "training", "train", "--dataset", "ml-100k", "--data-dir",
            str(data_dir), "--encoder", encoder, "--out", str(out), "--threads", str(threads),
            "--no-progress"]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.perf_counter() - start
-    report = json.loads((out / "current" / "eval_report.json").read_text())
+    report = json.loads(report_path.read_text())
     return {"report": report, "wall_s": wall, "peak_mb": report["peak_memory_mb"]}
 
 
@@ -100,9 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
     p.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
+    p.add_argument("--reuse", action="store_true",
+                   help="report the bundles a previous run left in --out instead of training")
     args = p.parse_args(argv)
     command = "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:])
-    runs = {e: train(e, args.data_dir, args.out / e, args.threads)
+    runs = {e: train(e, args.data_dir, args.out / e, args.threads, args.reuse)
             for e in args.encoders.split(",")}
     text = table(rows(runs))
     print(text)
