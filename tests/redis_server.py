@@ -50,8 +50,12 @@ def _answers(port: int) -> bool:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, workdir: Path | None = None,
-                 extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: Path | None = None,
+        extra_args: list[str] | None = None,
+    ):
         self.port = port or free_port()
         self.extra_args = list(extra_args or [])
         self._own_dir = workdir is None
