@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -37,6 +36,8 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from bench._common import machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("healthz", "similar", "recommend-hit", "recommend-miss")
@@ -448,29 +449,12 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
     meta = {
         "command": "python -m bench.load " + " ".join(args.argv),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine() + f", torch {torch_version()}",
         "bundle": work.summary,
         "client": client,
         "variants": [asdict(v) for v in variants],
     }
     return results, meta
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    import torch
-
-    return (f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, load average at end "
-            f"{load:.1f}")  # fmt: skip
 
 
 # --- reporting ----------------------------------------------------------------------------
@@ -576,17 +560,6 @@ def section(results: list[Result], meta: dict, notes: str) -> str:
     return "\n".join(parts)
 
 
-def write_section(text: str, path: Path = DOC) -> None:
-    """Replace (or append) the ``## Load`` section, leaving the other sections alone."""
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Load\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text.rstrip() + "\n\n", current, count=1)
-    else:
-        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(updated.rstrip() + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0])
@@ -655,8 +628,14 @@ def main(argv: list[str] | None = None) -> None:
         notes = args.notes
         if notes.startswith("@"):
             notes = Path(notes[1:]).read_text()
-        write_section(section(results, meta, notes))
+        write_section("Load", section(results, meta, notes))
         print(f"updated the ## Load section of {DOC}")
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 if __name__ == "__main__":
