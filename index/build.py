@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +57,15 @@ def build_index(
             return existing
         vectors, items = _catalog(root)
         spec = spec.resolved(len(vectors), vectors.shape[1])
-        faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+        used = threads or os.cpu_count() or 1
         start = time.perf_counter()
-        index = factory.build(
-            spec,
-            factory.prepare(vectors, normalize),
-            np.arange(len(vectors), dtype=np.int64),
-            progress,
-        )
+        with omp_threads(used):
+            index = factory.build(
+                spec,
+                factory.prepare(vectors, normalize),
+                np.arange(len(vectors), dtype=np.int64),
+                progress,
+            )
         seconds = time.perf_counter() - start
         snap = Snapshot(
             index,
@@ -79,7 +82,7 @@ def build_index(
             {
                 "op": "build",
                 "seconds": round(seconds, 3),
-                "threads": faiss.omp_get_max_threads(),
+                "threads": used,
                 "item_embeddings_sha256": source,
             },
         )
@@ -94,6 +97,17 @@ def build_index(
         root / section["path"],
     )
     return section
+
+
+@contextlib.contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """FAISS's (process-wide) OpenMP thread count set to ``n`` for the block, then restored."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _usable_section(root: Path) -> dict[str, Any] | None:

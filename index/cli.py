@@ -221,7 +221,7 @@ def info(bundle: BundleOpt = Path("artifacts/current")) -> None:
 @_handle_errors
 def eval_command(
     bundle: BundleOpt = Path("artifacts/current"),
-    kind: KindOpt = Kind.hnsw,
+    kind: KindOpt = Kind.ivf,
     hnsw_m: HnswM = 32,
     ef_construction: EfConstruction = 80,
     ef_search: EfSearch = 64,
