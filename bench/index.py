@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import faiss
 import numpy as np
 
+from bench._common import DOC, machine, write_section
 from index import IndexSpec, ItemIndex
 from index.evaluate import (
     batch_qps,
@@ -41,8 +39,6 @@ from index.evaluate import (
 )
 from index.factory import auto_nlist, serialized_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 DIM = 64
 BUILD_THREADS = 2
 TARGET_RECALL, TARGET_P50_MS = 0.95, 1.0
@@ -421,27 +417,6 @@ def exclusion_summary(rows: list[ExclusionRow]) -> list[str]:
     return out
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = next(
-        (
-            line.split()[1]
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        ),
-        "0",
-    )
-    return (
-        f"{os.cpu_count()} cores (`nproc`), {cpu}, {int(mem) / 2**20:.0f} GiB RAM, "
-        f"Linux {platform.release()}, Python {platform.python_version()}, "
-        f"numpy {np.__version__}"
-    )
-
-
 def section(meta: dict, rows: list[Row], exclusions: list[ExclusionRow]) -> str:
     return "\n".join([
         "## Index",
@@ -450,7 +425,7 @@ def section(meta: dict, rows: list[Row], exclusions: list[ExclusionRow]) -> str:
         f"Date: {meta['date']} (wall time {meta['minutes']:.1f} min)  ",
         f"Machine: {meta['machine']}  ",
         f"FAISS {faiss.__version__}; load average {meta['load_start']:.1f} at start, "
-        f"{meta['load_end']:.1f} at end (a shared machine: other jobs ran; p99 is noisy)",
+        f"{meta['load_end']:.1f} at the end (a shared machine: other jobs ran; p99 is noisy)",
         "",
         "Catalogs: d=64 mixture of Gaussians shaped like trained item embeddings "
         "(`bench.index.mixture`: ≈N/1000 clusters with Zipf(1.1) sizes, a power-law spectrum, "
@@ -490,21 +465,6 @@ def section(meta: dict, rows: list[Row], exclusions: list[ExclusionRow]) -> str:
         *[fmt_exclusion(r) for r in exclusions],
         "",
     ])  # fmt: skip
-
-
-def write_section(text: str, path: Path = DOC) -> None:
-    """Replace (or append) ``## Index``, keeping other sections and our ``### Reading``."""
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Index\n.*?(?=^## |\Z)", re.S | re.M)
-    match = pattern.search(current)
-    if match:
-        reading = re.search(r"^### Reading\n.*", match.group(0), re.S | re.M)
-        if reading:
-            text = text.rstrip() + "\n\n" + reading.group(0).rstrip() + "\n"
-        updated = current[: match.start()] + text.rstrip() + "\n\n" + current[match.end() :]
-    else:
-        updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(updated.rstrip() + "\n")
 
 
 # ----------------------------------------------------------------------------- main
@@ -566,14 +526,14 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python -m bench.index", *argv]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "minutes": (time.perf_counter() - started) / 60,
-        "machine": machine(),
+        "machine": f"{machine()}, numpy {np.__version__}",
         "load_start": load_start,
         "load_end": os.getloadavg()[0],
         "profiles": profiles,
     }
     print("\n".join(["", *headline(rows), *exclusion_summary(exclusions)]))
     if not args.no_write:
-        write_section(section(meta, rows, exclusions))
+        write_section("Index", section(meta, rows, exclusions))
         print(f"wrote the ## Index section of {DOC}")
 
 
