@@ -4,7 +4,6 @@ against a password-protected redis-server, and two API replicas share one Redis.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import redis_server as redis_helper
 import yaml
-from test_service_cli import wait_ready
+from test_service_cli import stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
@@ -53,12 +52,7 @@ def api_process(cmd: list[str], env: dict[str, str], port: int):
         wait_ready(f"http://127.0.0.1:{port}", proc, timeout=120)
         yield httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
 
 
 def test_compose_trainer_and_api_commands_work_against_real_redis(tmp_path):

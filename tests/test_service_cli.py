@@ -121,6 +121,16 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise AssertionError("server did not become ready")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group; SIGKILL it if it has not exited in 20 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_serve_runs_uvicorn_with_two_workers(served_root, redis_server, tmp_path):
     port = redis_helper.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -177,9 +187,4 @@ def test_serve_runs_uvicorn_with_two_workers(served_root, redis_server, tmp_path
         )
         assert hits == 5  # aggregated over both workers
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
