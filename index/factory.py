@@ -22,7 +22,7 @@ lifts recall@10 at equal ``nprobe`` from ~0.3 to ~0.97 (docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import faiss
@@ -105,9 +105,6 @@ class IndexSpec:
             if not (k in ("pq_m", "pq_nbits") and not self.pq_m)
         ]
         return " ".join([self.kind, *parts])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def auto_nlist(n: int) -> int:
