@@ -14,15 +14,24 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 def machine() -> str:
     """Cores, CPU model, memory, OS, Python and the load average right now."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines()
-                   if line.startswith("MemTotal")), 0)
+    mem_kb = next(
+        (int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{os.cpu_count()} cores (`nproc`), {cpu}, {mem_kb / 2**20:.0f} GiB RAM, "
-            f"Linux {platform.release()}, Python {platform.python_version()}, "
-            f"load average {load:.1f}")
+    return (
+        f"{os.cpu_count()} cores (`nproc`), {cpu}, {mem_kb / 2**20:.0f} GiB RAM, "
+        f"Linux {platform.release()}, Python {platform.python_version()}, "
+        f"load average {load:.1f}"
+    )
 
 
 def write_section(heading: str, text: str, path: Path = DOC) -> None:
@@ -35,7 +44,7 @@ def write_section(heading: str, text: str, path: Path = DOC) -> None:
         reading = re.search(r"^### Reading\n.*", match.group(0), re.S | re.M)
         if reading:
             text = text.rstrip() + "\n\n" + reading.group(0).rstrip() + "\n"
-        updated = current[: match.start()] + text.rstrip() + "\n\n" + current[match.end():]
+        updated = current[: match.start()] + text.rstrip() + "\n\n" + current[match.end() :]
     else:
         updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
     path.write_text(updated.rstrip() + "\n")

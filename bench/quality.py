@@ -31,9 +31,23 @@ def train(encoder: str, data_dir: Path, out: Path, threads: int, reuse: bool) ->
     if reuse and report_path.is_file():
         report = json.loads(report_path.read_text())
         return {"report": report, "wall_s": None, "peak_mb": report["peak_memory_mb"]}
-    cmd = [sys.executable, "-m", "training", "train", "--dataset", "ml-100k", "--data-dir",
-           str(data_dir), "--encoder", encoder, "--out", str(out), "--threads", str(threads),
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training",
+        "train",
+        "--dataset",
+        "ml-100k",
+        "--data-dir",
+        str(data_dir),
+        "--encoder",
+        encoder,
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+        "--no-progress",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.perf_counter() - start
@@ -48,8 +62,9 @@ def rows(runs: dict[str, dict]) -> list[tuple[str, dict, float | None, float | N
     first = next(iter(runs.values()))["report"]["models"]
     for encoder, run in runs.items():
         models = run["report"]["models"]
-        out.append((encoder, models[encoder]["test"], models[encoder]["train_seconds"],
-                    run["peak_mb"]))
+        out.append(
+            (encoder, models[encoder]["test"], models[encoder]["train_seconds"], run["peak_mb"])
+        )
         for mode in ("features-only", "sequence-only"):
             if mode in models:
                 out.append((f"{encoder} {mode}", models[mode]["test"], None, None))
@@ -59,12 +74,16 @@ def rows(runs: dict[str, dict]) -> list[tuple[str, dict, float | None, float | N
 
 
 def table(rows_: list) -> str:
-    lines = ["| model | " + " | ".join(COLUMNS) + " | train s | peak MB |",
-             "|---" * (len(COLUMNS) + 3) + "|"]
+    lines = [
+        "| model | " + " | ".join(COLUMNS) + " | train s | peak MB |",
+        "|---" * (len(COLUMNS) + 3) + "|",
+    ]
     for name, test, seconds, peak in rows_:
         cells = [f"{test[c]:.4f}" for c in COLUMNS]
-        cells += [f"{seconds:.0f}" if seconds is not None else "",
-                  f"{peak:.0f}" if peak is not None else ""]
+        cells += [
+            f"{seconds:.0f}" if seconds is not None else "",
+            f"{peak:.0f}" if peak is not None else "",
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -73,13 +92,16 @@ def verdict(runs: dict[str, dict]) -> list[str]:
     first = next(iter(runs.values()))["report"]["models"]
     towers = {e: r["report"]["models"][e]["test"] for e, r in runs.items()}
     best = max(towers, key=lambda e: towers[e]["NDCG@10"])
-    base = max(("popularity", "item-knn", "ease", "markov"),
-               key=lambda b: first[b]["test"]["NDCG@10"])
+    base = max(
+        ("popularity", "item-knn", "ease", "markov"), key=lambda b: first[b]["test"]["NDCG@10"]
+    )
     hr, ndcg = towers[best]["HR@10"], towers[best]["NDCG@10"]
     ratio = ndcg / first[base]["test"]["NDCG@10"]
     slowest = max(r["report"]["models"][e]["train_seconds"] for e, r in runs.items())
-    feats = [r["report"]["models"].get("features-only", {}).get("test", {}).get("NDCG@10")
-             for r in runs.values()]
+    feats = [
+        r["report"]["models"].get("features-only", {}).get("test", {}).get("NDCG@10")
+        for r in runs.values()
+    ]
     pop = first["popularity"]["test"]["NDCG@10"]
 
     def ok(flag: bool) -> str:
@@ -90,8 +112,7 @@ def verdict(runs: dict[str, dict]) -> list[str]:
         f"{ndcg:.4f} (target ≥ 0.11: {ok(ndcg >= 0.11)})",
         f"- {ratio:.2f}× the best baseline's NDCG@10 (`{base}`, "
         f"{first[base]['test']['NDCG@10']:.4f}; target ≥ 1.3×: {ok(ratio >= 1.3)})",
-        f"- slowest tower training {slowest / 60:.1f} min (target ≤ 10 min: "
-        f"{ok(slowest <= 600)})",
+        f"- slowest tower training {slowest / 60:.1f} min (target ≤ 10 min: {ok(slowest <= 600)})",
         "- features-only beats popularity: "
         + ok(all(f is not None and f > pop for f in feats))
         + f" (NDCG@10 {', '.join(f'{f:.4f}' for f in feats if f is not None)} vs {pop:.4f})",
@@ -105,12 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
     p.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
-    p.add_argument("--reuse", action="store_true",
-                   help="report the bundles a previous run left in --out instead of training")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="report the bundles a previous run left in --out instead of training",
+    )
     args = p.parse_args(argv)
     command = "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:])
-    runs = {e: train(e, args.data_dir, args.out / e, args.threads, args.reuse)
-            for e in args.encoders.split(",")}
+    runs = {
+        e: train(e, args.data_dir, args.out / e, args.threads, args.reuse)
+        for e in args.encoders.split(",")
+    }
     text = table(rows(runs))
     print(text)
     checks = verdict(runs)
@@ -118,26 +144,32 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_write:
         return
     reference = ", ".join(f"{k} {hr:.3f} / {nd:.3f}" for k, (hr, nd) in REFERENCE.items())
-    write_section("Quality", "\n".join([
-        "## Quality",
-        "",
-        f"Command: `{command.strip()}`  ",
-        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
-        f"Machine: {machine()}",
-        "",
-        "MovieLens-100K, all 100,000 ratings as implicit feedback (943 users, 1,682 items), "
-        "leave-one-out by time (ties in file order), full ranking over all items with the "
-        "user's items excluded; test split, reported once. Each tower is trained by "
-        "`python -m training train` with default settings (early stopping on validation "
-        "NDCG@10); features-only / sequence-only are the same model with one branch given. "
-        f"Reference points on this protocol (HR@10 / NDCG@10): {reference}.",
-        "",
-        text,
-        "",
-        "Targets:",
-        "",
-        *checks,
-    ]))
+    write_section(
+        "Quality",
+        "\n".join(
+            [
+                "## Quality",
+                "",
+                f"Command: `{command.strip()}`  ",
+                f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
+                f"Machine: {machine()}",
+                "",
+                "MovieLens-100K, all 100,000 ratings as implicit feedback "
+                "(943 users, 1,682 items), "
+                "leave-one-out by time (ties in file order), full ranking over all items with the "
+                "user's items excluded; test split, reported once. Each tower is trained by "
+                "`python -m training train` with default settings (early stopping on validation "
+                "NDCG@10); features-only / sequence-only are the same model with one branch given. "
+                f"Reference points on this protocol (HR@10 / NDCG@10): {reference}.",
+                "",
+                text,
+                "",
+                "Targets:",
+                "",
+                *checks,
+            ]
+        ),
+    )
     print("wrote the ## Quality section of docs/BENCHMARKS.md")
 
 

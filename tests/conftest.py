@@ -14,14 +14,28 @@ ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 
 
 # A small, really trained synthetic bundle: the same command a user runs, sized for tests.
-SYNTHETIC_ARGS = ["--dataset", "synthetic", "--encoder", "sasrec", "--epochs", "40",
-                  "--patience", "8", "--dim", "32", "--max-len", "20", "--no-progress"]
+SYNTHETIC_ARGS = [
+    "--dataset",
+    "synthetic",
+    "--encoder",
+    "sasrec",
+    "--epochs",
+    "40",
+    "--patience",
+    "8",
+    "--dim",
+    "32",
+    "--max-len",
+    "20",
+    "--no-progress",
+]
 
 
 def run_module(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run ``python -m <args>`` from the project root; fail the test with its stderr."""
-    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"python -m {' '.join(args)} failed:\n{result.stderr[-4000:]}"
     return result
 
@@ -49,5 +63,6 @@ def ml100k() -> Path:
     """The real MovieLens-100K beside the project (never copied into it)."""
     assert (ML100K / "u.data").is_file(), (
         f"MovieLens-100K not found at {ML100K}: CI and developer machines have it at "
-        "../shared/data/ml-100k relative to the project root")
+        "../shared/data/ml-100k relative to the project root"
+    )
     return ML100K

@@ -24,8 +24,7 @@ REFERENCE = {  # ML-100K test split, leave-one-out, full ranking: HR@10, NDCG@10
 
 def tiny_split() -> Split:
     train = [np.array([0, 1, 2]), np.array([0, 1]), np.array([2, 3]), np.array([1, 2, 3])]
-    return Split(n_items=5, train=train, valid=np.array([3, 2, 0, 4]),
-                 test=np.array([4, 3, 1, 0]))
+    return Split(n_items=5, train=train, valid=np.array([3, 2, 0, 4]), test=np.array([4, 3, 1, 0]))
 
 
 def test_popularity_counts_what_is_known_before_the_stage():

@@ -24,11 +24,18 @@ path = "items.{ext}"
 title = "name"
 features.tags = {{ kind = "multi", separator = ";" }}
 """
-INTERACTIONS = pd.DataFrame({"user_id": ["007", "2", "2", "007"], "item_id": ["a", "b", "c", "b"],
-                             "timestamp": [100, 101, 102, 99], "weight": [1.0, 2.0, 0.5, 1.0]})
+INTERACTIONS = pd.DataFrame(
+    {
+        "user_id": ["007", "2", "2", "007"],
+        "item_id": ["a", "b", "c", "b"],
+        "timestamp": [100, 101, 102, 99],
+        "weight": [1.0, 2.0, 0.5, 1.0],
+    }
+)
 USERS = pd.DataFrame({"user_id": ["2", "9"], "age": ["25", ""], "country": ["FRA", ""]})
-ITEMS = pd.DataFrame({"item_id": ["z", "a", "b"], "name": ["Zed", "Apple, red", ""],
-                      "tags": ["q", "x;y", ""]})
+ITEMS = pd.DataFrame(
+    {"item_id": ["z", "a", "b"], "name": ["Zed", "Apple, red", ""], "tags": ["q", "x;y", ""]}
+)
 
 
 def write(root: Path, ext: str, interactions=INTERACTIONS, users=USERS, items=ITEMS) -> Path:
@@ -50,19 +57,28 @@ def test_generic_tables(tmp_path: Path, ext: str):
     assert ds.users.tolist() == [0, 1, 1, 0] and ds.items.tolist() == [0, 1, 2, 1]
     assert ds.timestamps.tolist() == [100, 101, 102, 99]
     assert ds.weights.tolist() == [1.0, 2.0, 0.5, 1.0]
-    assert ds.user_features == [{"age": None, "country": None},  # no row: missing
-                                {"age": 25.0, "country": "FRA"}, {"age": None, "country": None}]
+    assert ds.user_features == [
+        {"age": None, "country": None},  # no row: missing
+        {"age": 25.0, "country": "FRA"},
+        {"age": None, "country": None},
+    ]
     assert ds.item_features == [{"tags": ["x", "y"]}, {"tags": []}, {"tags": []}, {"tags": ["q"]}]
     assert ds.titles == ["Apple, red", "", "", "Zed"]
     assert [(c.name, c.kind, c.boundaries, c.prefix) for c in ds.user_columns] == [
-        ("age", "bucket", [18.0, 30.0], None), ("country", "categorical", [], 2)]
+        ("age", "bucket", [18.0, 30.0], None),
+        ("country", "categorical", [], 2),
+    ]
     assert load_dataset("generic", tmp_path / "dataset.toml").fingerprint() == ds.fingerprint()
 
 
 def test_parquet_native_types(tmp_path: Path):
-    interactions = pd.DataFrame({"user_id": [5, 6], "item_id": [50, 60],
-                                 "timestamp": pd.to_datetime(["1970-01-01 00:01:40",
-                                                              "2001-09-09 01:46:40"])})
+    interactions = pd.DataFrame(
+        {
+            "user_id": [5, 6],
+            "item_id": [50, 60],
+            "timestamp": pd.to_datetime(["1970-01-01 00:01:40", "2001-09-09 01:46:40"]),
+        }
+    )
     items = pd.DataFrame({"item_id": [50], "name": ["Fifty"], "tags": [["x", "y"]]})
     users = pd.DataFrame({"user_id": [5], "age": [None], "country": [None]})
     ds = load_generic(write(tmp_path, "parquet", interactions, users, items))
@@ -74,19 +90,24 @@ def test_parquet_native_types(tmp_path: Path):
 def test_iso_dates_in_csv(tmp_path: Path):
     write(tmp_path, "csv")
     (tmp_path / "interactions.csv").write_text(
-        "user_id,item_id,timestamp\n1,a,2001-09-09T01:46:40Z\n1,b,1970-01-01 00:01:40\n")
+        "user_id,item_id,timestamp\n1,a,2001-09-09T01:46:40Z\n1,b,1970-01-01 00:01:40\n"
+    )
     assert load_generic(tmp_path).timestamps.tolist() == [1_000_000_000, 100]
 
 
 @pytest.mark.parametrize("ext", ["csv", "parquet"])
-@pytest.mark.parametrize("column, value, message", [
-    ("timestamp", "soon", "column 'timestamp': not an integer timestamp"),
-    ("timestamp", "100.5", "column 'timestamp': not an integer timestamp"),
-    ("weight", "-1", "column 'weight': not a finite number >= 0"),
-    ("user_id", "", "column 'user_id': missing id"),
-])
-def test_bad_interaction_values_name_file_row_and_column(tmp_path: Path, ext: str, column: str,
-                                                         value: str, message: str):
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("timestamp", "soon", "column 'timestamp': not an integer timestamp"),
+        ("timestamp", "100.5", "column 'timestamp': not an integer timestamp"),
+        ("weight", "-1", "column 'weight': not a finite number >= 0"),
+        ("user_id", "", "column 'user_id': missing id"),
+    ],
+)
+def test_bad_interaction_values_name_file_row_and_column(
+    tmp_path: Path, ext: str, column: str, value: str, message: str
+):
     bad = INTERACTIONS.astype(str)
     bad.loc[2, column] = value
     write(tmp_path, ext, interactions=bad)

@@ -14,8 +14,9 @@ def test_deterministic_for_a_seed():
     a, b = generate(n_users=100, n_items=80, seed=5), generate(n_users=100, n_items=80, seed=5)
     assert a.fingerprint() == b.fingerprint()
     assert generate(n_users=100, n_items=80, seed=6).fingerprint() != a.fingerprint()
-    assert load_dataset("synthetic", n_users=100, n_items=80, seed=5).fingerprint() == \
-        a.fingerprint()
+    assert (
+        load_dataset("synthetic", n_users=100, n_items=80, seed=5).fingerprint() == a.fingerprint()
+    )
 
 
 def test_shapes_and_features():
@@ -31,10 +32,13 @@ def test_shapes_and_features():
     item = ds.item_features[16]
     assert ds.titles[16] == f"Synthetic item 17 ({item['year']})" and item["genres"]
     for column in ds.user_columns + ds.item_columns:  # every value encodes as known
-        spec = FeatureSpec.fit(column.name, column.kind,
-                               [f[column.name] for f in ds.user_features + ds.item_features
-                                if column.name in f],
-                               boundaries=column.boundaries, prefix=column.prefix)
+        spec = FeatureSpec.fit(
+            column.name,
+            column.kind,
+            [f[column.name] for f in ds.user_features + ds.item_features if column.name in f],
+            boundaries=column.boundaries,
+            prefix=column.prefix,
+        )
         rows = ds.user_features if column in ds.user_columns else ds.item_features
         assert all(spec.encode(r[column.name])[1] for r in rows)
 
@@ -51,7 +55,7 @@ def test_timestamps_increase_per_user_and_items_do_not_repeat():
 def test_popularity_is_skewed():
     ds = generate(seed=0)
     counts = np.sort(np.bincount(ds.items, minlength=ds.n_items))[::-1]
-    assert counts[: ds.n_items // 10].sum() > 2.5 * counts[-ds.n_items // 10:].sum()
+    assert counts[: ds.n_items // 10].sum() > 2.5 * counts[-ds.n_items // 10 :].sum()
 
 
 def test_rejects_impossible_sizes():

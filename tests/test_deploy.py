@@ -31,6 +31,7 @@ def command_of(service: str) -> list[str]:
 
 # -- Dockerfile ---------------------------------------------------------------------
 
+
 def test_dockerfile_is_multi_stage_on_python_311_slim():
     assert re.search(r"(?m)^ARG PYTHON_IMAGE=python:3\.11-slim$", DOCKERFILE)
     assert len(stages(DOCKERFILE)) >= 2
@@ -38,9 +39,10 @@ def test_dockerfile_is_multi_stage_on_python_311_slim():
 
 
 def test_dockerfile_installs_cpu_torch_from_an_overridable_index():
-    assert re.search(r"(?m)^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu$",
-                     DOCKERFILE)
-    assert 'torch==2.13.0' in DOCKERFILE and '"${TORCH_INDEX_URL}"' in DOCKERFILE
+    assert re.search(
+        r"(?m)^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu$", DOCKERFILE
+    )
+    assert "torch==2.13.0" in DOCKERFILE and '"${TORCH_INDEX_URL}"' in DOCKERFILE
 
 
 def test_final_image_has_no_compilers_runs_as_non_root_and_checks_health():
@@ -59,6 +61,7 @@ def test_dockerignore_keeps_data_artifacts_and_venvs_out():
 
 
 # -- docker-compose.yml -------------------------------------------------------------
+
 
 def test_compose_has_redis_trainer_api():
     assert {"redis", "trainer", "api"} <= set(SERVICES)
@@ -112,9 +115,14 @@ def test_commands_name_real_entry_points(service):
     cmd = command_of(service)
     assert cmd[:2] == ["python", "-m"] and cmd[2] in ("training", "index", "service")
     module, sub = cmd[2], cmd[3]
-    result = subprocess.run([sys.executable, "-m", module, sub, "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120,
-                            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", module, sub, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     for flag in (a for a in cmd[4:] if a.startswith("--")):
         assert flag in result.stdout, f"{module} {sub} has no option {flag}"

@@ -18,11 +18,14 @@ from training.metrics import (
 from training.split import Split
 
 # a 5-item catalog, three users
-SCORES = np.array([
-    [0.1, 0.9, 0.5, 0.7, 0.3],  # history {1}, target 2: only item 3 is higher -> rank 1
-    [0.2, 0.2, 0.2, 0.1, 0.0],  # no history, target 1: ties do not count -> rank 0
-    [0.9, 0.2, 0.2, 0.1, 0.0],  # history {0}, target 4: items 1, 2, 3 higher -> rank 3
-], dtype=np.float32)
+SCORES = np.array(
+    [
+        [0.1, 0.9, 0.5, 0.7, 0.3],  # history {1}, target 2: only item 3 is higher -> rank 1
+        [0.2, 0.2, 0.2, 0.1, 0.0],  # no history, target 1: ties do not count -> rank 0
+        [0.9, 0.2, 0.2, 0.1, 0.0],  # history {0}, target 4: items 1, 2, 3 higher -> rank 3
+    ],
+    dtype=np.float32,
+)
 HISTORIES = [np.array([1]), np.array([], dtype=np.int64), np.array([0])]
 TARGETS = np.array([2, 1, 4])
 
@@ -53,8 +56,12 @@ def test_top_k_is_sorted_with_lower_ids_first_on_ties():
 
 
 def split_of(histories, valid, test, n_items=5) -> Split:
-    return Split(n_items=n_items, train=[np.asarray(h, np.int64) for h in histories],
-                 valid=np.array(valid), test=np.array(test))
+    return Split(
+        n_items=n_items,
+        train=[np.asarray(h, np.int64) for h in histories],
+        valid=np.array(valid),
+        test=np.array(test),
+    )
 
 
 def test_evaluate_full_and_sampled_by_hand():
@@ -74,8 +81,10 @@ def test_evaluate_full_and_sampled_by_hand():
     assert full["Coverage@1"] == pytest.approx(3 / 5)
     assert full["Coverage@2"] == pytest.approx(4 / 5)  # + items 2 (user 0) and 1 (user 1)
     # fewer than 99 free items: every free item is a negative, so sampled == full
-    assert result["sampled100"] == {"HR@10": 1.0, "NDCG@10": pytest.approx(
-        (1 / math.log2(3) + 1 + 1 / math.log2(5)) / 3)}
+    assert result["sampled100"] == {
+        "HR@10": 1.0,
+        "NDCG@10": pytest.approx((1 / math.log2(3) + 1 + 1 / math.log2(5)) / 3),
+    }
     assert set(evaluate(scorer, split, "test")) == {"full"}
 
 
@@ -95,7 +104,8 @@ def test_sample_negatives_are_distinct_outside_history_and_seeded():
     assert not set(a.tolist()) & {0, 3, 7, 500} and a.min() >= 0 and a.max() < 1000
     few = sample_negatives(np.random.default_rng(0), 8, seen[:3])  # only 5 free items
     assert sorted(few.tolist()) == [1, 2, 4, 5, 6]
-    draws = np.concatenate([sample_negatives(np.random.default_rng(s), 10, np.array([4]), n=3)
-                            for s in range(2000)])
+    draws = np.concatenate(
+        [sample_negatives(np.random.default_rng(s), 10, np.array([4]), n=3) for s in range(2000)]
+    )
     counts = np.bincount(draws, minlength=10)
     assert counts[4] == 0 and counts[[0, 1, 2, 3, 5, 6, 7, 8, 9]].min() > 550  # ~667 each

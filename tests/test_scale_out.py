@@ -45,9 +45,15 @@ def api_process(cmd: list[str], env: dict[str, str], port: int):
     cmd = list(cmd)
     cmd[cmd.index("--host") + 1] = "127.0.0.1"
     cmd[cmd.index("--port") + 1] = str(port)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, timeout=120)
         yield httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
@@ -58,8 +64,13 @@ def api_process(cmd: list[str], env: dict[str, str], port: int):
 def test_compose_trainer_and_api_commands_work_against_real_redis(tmp_path):
     artifacts = tmp_path / "artifacts"
     trainer = subprocess.run(
-        compose_command("trainer", artifacts), cwd=ROOT, capture_output=True, text=True,
-        timeout=1800, env={**os.environ, "HOME": str(tmp_path / "home")})
+        compose_command("trainer", artifacts),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "HOME": str(tmp_path / "home")},
+    )
     assert trainer.returncode == 0, trainer.stderr[-4000:]
     offline = "FALLING BACK to the synthetic dataset" in trainer.stderr
     assert offline or "loaded ml-100k" in trainer.stderr
@@ -67,8 +78,9 @@ def test_compose_trainer_and_api_commands_work_against_real_redis(tmp_path):
 
     with redis_helper.RedisServer(extra_args=["--requirepass", "pw-for-test"]) as redis:
         port = redis_helper.free_port()
-        env = compose_env("api", {"/artifacts": str(artifacts),
-                                  "@redis:6379": f"@127.0.0.1:{redis.port}"})
+        env = compose_env(
+            "api", {"/artifacts": str(artifacts), "@redis:6379": f"@127.0.0.1:{redis.port}"}
+        )
         with api_process(compose_command("api", artifacts), env, port) as api:
             assert api.get("/readyz").status_code == 200
             first = api.post("/recommend", json={"user_id": "1", "k": 5})
@@ -83,8 +95,11 @@ def test_compose_trainer_and_api_commands_work_against_real_redis(tmp_path):
 
 
 def test_two_replicas_share_events_and_cached_vectors(bundle_root, redis_server):
-    env = {"ARTIFACTS_DIR": str(bundle_root / "current"), "REDIS_URL": redis_server.url,
-           "RELOAD_POLL_S": "0"}
+    env = {
+        "ARTIFACTS_DIR": str(bundle_root / "current"),
+        "REDIS_URL": redis_server.url,
+        "RELOAD_POLL_S": "0",
+    }
     cmd = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", "0"]
     port_a, port_b = redis_helper.free_port(), redis_helper.free_port()
     with api_process(cmd, env, port_a) as a, api_process(cmd, env, port_b) as b:

@@ -11,9 +11,14 @@ from training.split import leave_one_out
 
 def dataset(users, items, timestamps, n_users=None, n_items=10) -> Dataset:
     n_users = n_users or max(users) + 1
-    return Dataset(name="t", user_ids=[str(u) for u in range(n_users)],
-                   item_ids=[str(i) for i in range(n_items)], users=np.array(users),
-                   items=np.array(items), timestamps=np.array(timestamps))
+    return Dataset(
+        name="t",
+        user_ids=[str(u) for u in range(n_users)],
+        item_ids=[str(i) for i in range(n_items)],
+        users=np.array(users),
+        items=np.array(items),
+        timestamps=np.array(timestamps),
+    )
 
 
 def test_last_is_test_second_last_is_valid():

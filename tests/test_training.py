@@ -21,21 +21,37 @@ QUICK = ["--epochs", "40", "--patience", "8", "--dim", "32", "--max-len", "20", 
 
 def train_cli(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "training", "train", "--out", str(out), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_synthetic_bundle_has_the_promised_files(trained_root):
     manifest = bundle.read_manifest(trained_root)
     bundle.verify(trained_root)
     names = set(manifest["files"])
-    assert {bundle.MODEL_FILE, bundle.ITEM_EMBEDDINGS, bundle.ITEMS, bundle.USERS,
-            bundle.POPULARITY, bundle.CURVE, bundle.REPORT_JSON, bundle.REPORT_MD} <= names
+    assert {
+        bundle.MODEL_FILE,
+        bundle.ITEM_EMBEDDINGS,
+        bundle.ITEMS,
+        bundle.USERS,
+        bundle.POPULARITY,
+        bundle.CURVE,
+        bundle.REPORT_JSON,
+        bundle.REPORT_MD,
+    } <= names
     assert manifest["model"]["score"] == "inner_product"
     assert len(manifest["dataset"]["fingerprint"]) == 64
     emb = bundle.load_array(bundle.resolve(trained_root) / bundle.ITEM_EMBEDDINGS)
-    assert emb.dtype == np.float32 and emb.shape == (manifest["dims"]["items"],
-                                                     manifest["dims"]["embedding"])
+    assert emb.dtype == np.float32 and emb.shape == (
+        manifest["dims"]["items"],
+        manifest["dims"]["embedding"],
+    )
     png = (bundle.resolve(trained_root) / bundle.CURVE).read_bytes()
     assert png.startswith(b"\x89PNG")
 
@@ -44,8 +60,15 @@ def test_towers_beat_popularity_by_a_wide_margin_on_synthetic(trained_root):
     report = bundle.load_json(trained_root, bundle.REPORT_JSON)
     assert report["protocol"] == "loo-full"
     models = report["models"]
-    assert {"sasrec", "features-only", "sequence-only", "popularity", "item-knn", "ease",
-            "markov"} <= set(models)
+    assert {
+        "sasrec",
+        "features-only",
+        "sequence-only",
+        "popularity",
+        "item-knn",
+        "ease",
+        "markov",
+    } <= set(models)
     pop = models["popularity"]["test"]["NDCG@10"]
     assert models[report["selected"]]["test"]["NDCG@10"] > 2 * pop
     assert models["features-only"]["test"]["NDCG@10"] > 1.2 * pop
@@ -104,8 +127,19 @@ def test_malformed_data_names_file_and_line(tmp_path):
 
 
 def test_ml100k_smoke_run_beats_popularity(tmp_path, ml100k):
-    result = train_cli(tmp_path / "out", "--dataset", "ml-100k", "--data-dir", str(ml100k),
-                       "--epochs", "12", "--patience", "12", "--no-baselines", "--no-progress")
+    result = train_cli(
+        tmp_path / "out",
+        "--dataset",
+        "ml-100k",
+        "--data-dir",
+        str(ml100k),
+        "--epochs",
+        "12",
+        "--patience",
+        "12",
+        "--no-baselines",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = bundle.load_json(tmp_path / "out", bundle.REPORT_JSON)
     assert report["n_users"] == 943 and report["n_items"] == 1682
@@ -117,9 +151,25 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     args = ["--dataset", "synthetic", "--encoder", "gru", "--no-baselines", *QUICK]
     single = train_cli(tmp_path / "single", *args)
     assert single.returncode == 0, single.stderr[-3000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "training", "train", "--out", str(tmp_path / "ddp"), "--distributed",
-           "--threads", "1", *args, "--batch-size", "64"]  # 2 ranks x 64 = the single batch
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training",
+        "train",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--distributed",
+        "--threads",
+        "1",
+        *args,
+        "--batch-size",
+        "64",
+    ]  # 2 ranks x 64 = the single batch
     ddp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "rank 1 of 2" in ddp.stderr
@@ -130,22 +180,38 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path):
     """Deterministic on CPU: 2 + 2 resumed epochs give the same weights as 4 straight."""
-    args = ["--dataset", "synthetic", "--no-baselines", "--dim", "16", "--max-len", "10",
-            "--no-progress", "--patience", "99", "--threads", "1", "--resume"]
+    args = [
+        "--dataset",
+        "synthetic",
+        "--no-baselines",
+        "--dim",
+        "16",
+        "--max-len",
+        "10",
+        "--no-progress",
+        "--patience",
+        "99",
+        "--threads",
+        "1",
+        "--resume",
+    ]
     straight = train_cli(tmp_path / "straight", *args, "--epochs", "4")
     assert straight.returncode == 0, straight.stderr[-3000:]
     for epochs in ("2", "4"):
         part = train_cli(tmp_path / "resumed", *args, "--epochs", epochs)
         assert part.returncode == 0, part.stderr[-3000:]
     assert "resumed from" in part.stderr
-    a, b = (bundle.load_array(bundle.resolve(tmp_path / d) / bundle.ITEM_EMBEDDINGS)
-            for d in ("straight", "resumed"))
+    a, b = (
+        bundle.load_array(bundle.resolve(tmp_path / d) / bundle.ITEM_EMBEDDINGS)
+        for d in ("straight", "resumed")
+    )
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_sampled_softmax_trains_a_useful_model(tmp_path):
-    result = train_cli(tmp_path / "out", "--dataset", "synthetic", "--loss", "sampled",
-                       "--encoder", "gru", *QUICK)
+    result = train_cli(
+        tmp_path / "out", "--dataset", "synthetic", "--loss", "sampled", "--encoder", "gru", *QUICK
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     models = bundle.load_json(tmp_path / "out", bundle.REPORT_JSON)["models"]
     assert models["gru"]["test"]["NDCG@10"] > 2 * models["popularity"]["test"]["NDCG@10"]

@@ -28,8 +28,9 @@ def _rows(histories: Sequence[np.ndarray], n_items: int) -> np.ndarray:
 
 
 def _counts(sequences: Sequence[np.ndarray], n_items: int) -> np.ndarray:
-    return np.bincount(np.concatenate(list(sequences) + [np.zeros(0, np.int64)]),
-                       minlength=n_items).astype(np.float64)
+    return np.bincount(
+        np.concatenate(list(sequences) + [np.zeros(0, np.int64)]), minlength=n_items
+    ).astype(np.float64)
 
 
 class Popularity:
@@ -62,7 +63,7 @@ class ItemKNN:
         sim = co / np.maximum(np.outer(norm, norm), 1e-12)
         np.fill_diagonal(sim, 0.0)
         if self.neighbours is not None and self.neighbours < split.n_items:
-            weakest = np.argpartition(-sim, self.neighbours, axis=1)[:, self.neighbours:]
+            weakest = np.argpartition(-sim, self.neighbours, axis=1)[:, self.neighbours :]
             np.put_along_axis(sim, weakest, 0.0, axis=1)
         self.sim = sim.astype(np.float32)
         return self
@@ -146,6 +147,10 @@ def run_baselines(split: Split, seed: int = 0) -> dict[str, dict]:
         model.fit(split, "test")
         fit_seconds = time.perf_counter() - start
         test = evaluate(model.score, split, "test", sampled=True, seed=seed)
-        results[model.name] = {"valid": valid, "test": test["full"],
-                               "sampled100": test["sampled100"], "fit_seconds": fit_seconds}
+        results[model.name] = {
+            "valid": valid,
+            "test": test["full"],
+            "sampled100": test["sampled100"],
+            "fit_seconds": fit_seconds,
+        }
     return results

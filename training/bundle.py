@@ -104,8 +104,9 @@ def verify(bundle: str | Path, names: list[str] | None = None) -> None:
             raise BundleError(f"{path}: SHA-256 does not match {MANIFEST}")
 
 
-def write_bundle(root: str | Path, manifest: dict[str, Any],
-                 write_files: Callable[[Path], None]) -> Path:
+def write_bundle(
+    root: str | Path, manifest: dict[str, Any], write_files: Callable[[Path], None]
+) -> Path:
     """Create ``root/<version>`` atomically and point ``root/current`` at it.
 
     ``write_files(tmp_dir)`` writes the payload; every file it writes is checksummed
@@ -118,9 +119,7 @@ def write_bundle(root: str | Path, manifest: dict[str, Any],
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{version}."))
     try:
         write_files(tmp)
-        manifest["files"] = {
-            p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()
-        }
+        manifest["files"] = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json_atomic(tmp / MANIFEST, manifest)
         final = root / version
         os.rename(tmp, final)

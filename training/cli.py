@@ -12,8 +12,11 @@ import typer
 
 from training.data import DATASETS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train two-tower retrieval models and write artifact bundles.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train two-tower retrieval models and write artifact bundles.",
+)
 log = logging.getLogger("training")
 
 Opt = typer.Option
@@ -23,12 +26,20 @@ Opt = typer.Option
 def train(
     dataset: Annotated[str, Opt(help=f"One of: {', '.join(DATASETS)}.")] = None,
     data_dir: Annotated[Path, Opt(help="Directory with the dataset files.")] = None,
-    encoder: Annotated[str, Opt(help="Sequence encoder(s): sasrec, gru, none; a comma "
-                                     "list trains each and keeps the best on validation.")] = None,
-    out: Annotated[Path, Opt(help="Artifacts root; the bundle goes to OUT/<version>, "
-                                  "OUT/current points at it.")] = Path("artifacts"),
-    config: Annotated[Path, Opt(help="TOML file with any of these options "
-                                     "(training ones in a [train] table).")] = None,
+    encoder: Annotated[
+        str,
+        Opt(
+            help="Sequence encoder(s): sasrec, gru, none; a comma "
+            "list trains each and keeps the best on validation."
+        ),
+    ] = None,
+    out: Annotated[
+        Path,
+        Opt(help="Artifacts root; the bundle goes to OUT/<version>, OUT/current points at it."),
+    ] = Path("artifacts"),
+    config: Annotated[
+        Path, Opt(help="TOML file with any of these options (training ones in a [train] table).")
+    ] = None,
     dim: Annotated[int, Opt(help="Embedding size of both towers.")] = None,
     max_len: Annotated[int, Opt(help="Recent items the sequence encoder sees.")] = None,
     n_layers: Annotated[int, Opt(help="Self-attention layers (sasrec).")] = None,
@@ -41,27 +52,49 @@ def train(
     patience: Annotated[int, Opt(help="Epochs without validation gain before stopping.")] = None,
     seed: Annotated[int, Opt(help="Random seed (runs are deterministic on CPU).")] = None,
     threads: Annotated[int, Opt(help="torch CPU threads.")] = None,
-    baselines: Annotated[bool, Opt(help="Also evaluate popularity, item-kNN, EASE, "
-                                         "Markov.")] = None,
-    if_changed: Annotated[bool, Opt("--if-changed", help="Skip training when OUT/current "
-                                    "was trained on the same data and config.")] = False,
-    resume: Annotated[bool, Opt("--resume", help="Continue from the last checkpoint in "
-                                "OUT/checkpoints.")] = False,
-    distributed: Annotated[bool, Opt("--distributed", help="Data-parallel training under "
-                                     "torchrun (gloo on CPU).")] = False,
-    fallback_synthetic: Annotated[bool, Opt("--fallback-synthetic", help="If MovieLens "
-                                            "cannot be downloaded (offline), train on the "
-                                            "synthetic dataset instead of failing.")] = False,
-    index: Annotated[str, Opt(help="Also build a FAISS index of this kind (flat, hnsw, "
-                                   "ivf) into the bundle, unless it already has one.")] = None,
+    baselines: Annotated[
+        bool, Opt(help="Also evaluate popularity, item-kNN, EASE, Markov.")
+    ] = None,
+    if_changed: Annotated[
+        bool,
+        Opt(
+            "--if-changed",
+            help="Skip training when OUT/current was trained on the same data and config.",
+        ),
+    ] = False,
+    resume: Annotated[
+        bool, Opt("--resume", help="Continue from the last checkpoint in OUT/checkpoints.")
+    ] = False,
+    distributed: Annotated[
+        bool, Opt("--distributed", help="Data-parallel training under torchrun (gloo on CPU).")
+    ] = False,
+    fallback_synthetic: Annotated[
+        bool,
+        Opt(
+            "--fallback-synthetic",
+            help="If MovieLens "
+            "cannot be downloaded (offline), train on the "
+            "synthetic dataset instead of failing.",
+        ),
+    ] = False,
+    index: Annotated[
+        str,
+        Opt(
+            help="Also build a FAISS index of this kind (flat, hnsw, "
+            "ivf) into the bundle, unless it already has one."
+        ),
+    ] = None,
     progress: Annotated[bool, Opt(help="Show a progress bar.")] = True,
 ) -> None:
     """Train on a dataset, evaluate against baselines, write a versioned bundle."""
     from training.pipeline import RunConfig, init_distributed, run
     from training.train import TrainConfig
 
-    flags = {k: v for k, v in locals().items()
-             if v is not None and k not in ("fallback_synthetic", "index")}
+    flags = {
+        k: v
+        for k, v in locals().items()
+        if v is not None and k not in ("fallback_synthetic", "index")
+    }
     values = tomllib.loads(config.read_text()) if config else {}
     train_values = values.pop("train", {})
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -72,15 +105,23 @@ def train(
     if "data_dir" in values:
         values["data_dir"] = str(values["data_dir"])
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
-    cfg = RunConfig(**{k: v for k, v in values.items() if k in run_fields},
-                    train=TrainConfig(**train_values))
+    cfg = RunConfig(
+        **{k: v for k, v in values.items() if k in run_fields}, train=TrainConfig(**train_values)
+    )
     if cfg.dataset not in DATASETS:
-        raise typer.BadParameter(f"unknown dataset {cfg.dataset!r}; one of {DATASETS}",
-                                 param_hint="--dataset")
+        raise typer.BadParameter(
+            f"unknown dataset {cfg.dataset!r}; one of {DATASETS}", param_hint="--dataset"
+        )
     if distributed:
         init_distributed()
-    path = run(cfg, out, if_changed=if_changed, progress=progress, fallback=fallback_synthetic,
-               checkpoint_dir=out / "checkpoints" if resume else None)
+    path = run(
+        cfg,
+        out,
+        if_changed=if_changed,
+        progress=progress,
+        fallback=fallback_synthetic,
+        checkpoint_dir=out / "checkpoints" if resume else None,
+    )
     if index and path is not None:
         from index import build_index
 

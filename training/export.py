@@ -49,9 +49,12 @@ def export_bundle(
     def write(tmp: Path) -> None:
         save_file(state, tmp / bundle.MODEL_FILE)
         np.save(tmp / bundle.ITEM_EMBEDDINGS, vectors)
-        for name, data in ((bundle.ITEMS, items), (bundle.USERS, users),
-                           (bundle.POPULARITY, popularity),
-                           (bundle.REPORT_JSON, report or {})):
+        for name, data in (
+            (bundle.ITEMS, items),
+            (bundle.USERS, users),
+            (bundle.POPULARITY, popularity),
+            (bundle.REPORT_JSON, report or {}),
+        ):
             (tmp / name).write_text(json.dumps(data, ensure_ascii=False))
         (tmp / bundle.REPORT_MD).write_text(report_md)
         if curve_png is not None:

@@ -92,8 +92,9 @@ class FeatureSpec:
         prefix: int | None = None,
     ) -> FeatureSpec:
         """Build the vocabulary from training values (sorted, so it is deterministic)."""
-        spec = cls(name=name, kind=kind, boundaries=sorted(float(b) for b in boundaries),
-                   prefix=prefix)
+        spec = cls(
+            name=name, kind=kind, boundaries=sorted(float(b) for b in boundaries), prefix=prefix
+        )
         if kind != "bucket":
             seen: set[str] = set()
             for value in values:

@@ -24,8 +24,9 @@ N_NEGATIVES = 99
 Scorer = Callable[[np.ndarray, list[np.ndarray]], np.ndarray]  # (users, histories) -> [b, n_items]
 
 
-def mask_history(scores: np.ndarray, histories: Sequence[np.ndarray],
-                 targets: np.ndarray) -> np.ndarray:
+def mask_history(
+    scores: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray
+) -> np.ndarray:
     """A copy of ``scores`` with each row's history items at -inf, targets excepted."""
     out = np.array(scores, dtype=np.float32)
     rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
@@ -68,8 +69,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def sample_negatives(rng: np.random.Generator, n_items: int, seen: np.ndarray,
-                     n: int = N_NEGATIVES) -> np.ndarray:
+def sample_negatives(
+    rng: np.random.Generator, n_items: int, seen: np.ndarray, n: int = N_NEGATIVES
+) -> np.ndarray:
     """``n`` distinct items outside ``seen`` (all of them if fewer remain)."""
     seen = np.unique(seen)
     free = n_items - len(seen)
@@ -78,16 +80,25 @@ def sample_negatives(rng: np.random.Generator, n_items: int, seen: np.ndarray,
     return picks + np.searchsorted(seen - np.arange(len(seen)), picks, side="right")
 
 
-def sampled_ranks(scores: np.ndarray, targets: np.ndarray,
-                  negatives: Sequence[np.ndarray]) -> np.ndarray:
+def sampled_ranks(
+    scores: np.ndarray, targets: np.ndarray, negatives: Sequence[np.ndarray]
+) -> np.ndarray:
     """0-based rank of each target among itself and its negatives (strictly greater only)."""
-    return np.array([(row[neg] > row[t]).sum() for row, t, neg in
-                     zip(scores, targets, negatives, strict=True)], dtype=np.int64)
+    return np.array(
+        [(row[neg] > row[t]).sum() for row, t, neg in zip(scores, targets, negatives, strict=True)],
+        dtype=np.int64,
+    )
 
 
-def evaluate(scorer: Scorer, split: Split, stage: Stage, ks: Sequence[int] = KS,
-             batch_size: int = 256, sampled: bool = False,
-             seed: int = 0) -> dict[str, dict[str, float]]:
+def evaluate(
+    scorer: Scorer,
+    split: Split,
+    stage: Stage,
+    ks: Sequence[int] = KS,
+    batch_size: int = 256,
+    sampled: bool = False,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """Metrics of ``scorer`` on the ``stage`` targets: ``{"full": {...}}``, plus
     ``"sampled100"`` (HR@10, NDCG@10 against 99 seeded negatives) when ``sampled``.
     ``Coverage@K`` is the fraction of the catalog in at least one user's top-K."""
@@ -97,17 +108,20 @@ def evaluate(scorer: Scorer, split: Split, stage: Stage, ks: Sequence[int] = KS,
     covered = {k: np.zeros(split.n_items, dtype=bool) for k in ks}
     ranks, ranks_sampled = [], []
     for start in range(0, len(users), batch_size):
-        batch = users[start:start + batch_size]
+        batch = users[start : start + batch_size]
         hist, target = [histories[u] for u in batch], targets[batch]
         scores = np.asarray(scorer(batch, hist), dtype=np.float32)
         if scores.shape != (len(batch), split.n_items):
-            raise ValueError(f"scorer returned {scores.shape}, "
-                             f"expected {(len(batch), split.n_items)}")
+            raise ValueError(
+                f"scorer returned {scores.shape}, expected {(len(batch), split.n_items)}"
+            )
         if np.isnan(scores).any():
             raise ValueError("scorer returned NaN scores")
         if sampled:
-            negatives = [sample_negatives(rng, split.n_items, np.append(h, t))
-                         for h, t in zip(hist, target, strict=True)]
+            negatives = [
+                sample_negatives(rng, split.n_items, np.append(h, t))
+                for h, t in zip(hist, target, strict=True)
+            ]
             ranks_sampled.append(sampled_ranks(scores, target, negatives))
         scores = mask_history(scores, hist, target)
         ranks.append(target_ranks(scores, target))

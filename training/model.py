@@ -61,9 +61,7 @@ class FeatureEmbedding(nn.Module):
     def __init__(self, specs: list[FeatureSpec], dim: int):
         super().__init__()
         self.kinds = {s.name: s.kind for s in specs}
-        self.tables = nn.ModuleDict(
-            {s.name: small_embedding(s.cardinality, dim) for s in specs}
-        )
+        self.tables = nn.ModuleDict({s.name: small_embedding(s.cardinality, dim) for s in specs})
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         total = 0
@@ -88,7 +86,10 @@ def small_embedding(rows: int, dim: int) -> nn.Embedding:
 
 def mlp(dim: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
+        nn.LayerNorm(dim),
+        nn.Linear(dim, 2 * dim),
+        nn.GELU(),
+        nn.Dropout(dropout),
         nn.Linear(2 * dim, dim),
     )
 
@@ -112,8 +113,13 @@ class SASRec(nn.Module):
         self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.n_heads, 2 * cfg.dim, cfg.dropout, activation="gelu",
-            batch_first=True, norm_first=True,
+            cfg.dim,
+            cfg.n_heads,
+            2 * cfg.dim,
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.layers = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -148,8 +154,7 @@ class UserTower(nn.Module):
         encoders = {"sasrec": SASRec, "gru": GRU4Rec}
         self.encoder = encoders[cfg.encoder](cfg) if cfg.encoder != "none" else None
         self.bos = nn.Parameter(torch.randn(cfg.dim) * 0.02)
-        self.user_ids = small_embedding(cfg.n_users + 1, cfg.dim) \
-            if cfg.user_id_embedding else None
+        self.user_ids = small_embedding(cfg.n_users + 1, cfg.dim) if cfg.user_id_embedding else None
 
     def encode_sequence(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: [B, L, d] item vectors, right-padded -> [B, L + 1, d] states after BOS + each."""

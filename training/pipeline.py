@@ -60,8 +60,12 @@ class RunConfig:
 
 
 def fit_specs(columns: list[FeatureColumn], rows: list[dict]) -> list[FeatureSpec]:
-    return [FeatureSpec.fit(c.name, c.kind, (r.get(c.name) for r in rows),
-                            boundaries=c.boundaries, prefix=c.prefix) for c in columns]
+    return [
+        FeatureSpec.fit(
+            c.name, c.kind, (r.get(c.name) for r in rows), boundaries=c.boundaries, prefix=c.prefix
+        )
+        for c in columns
+    ]
 
 
 def up_to_date(out: Path, ds: Dataset, cfg: RunConfig) -> bool:
@@ -71,8 +75,10 @@ def up_to_date(out: Path, ds: Dataset, cfg: RunConfig) -> bool:
         bundle.verify(out)
     except bundle.BundleError:
         return False
-    return (manifest["dataset"].get("fingerprint") == ds.fingerprint()
-            and manifest.get("run_digest") == cfg.digest())
+    return (
+        manifest["dataset"].get("fingerprint") == ds.fingerprint()
+        and manifest.get("run_digest") == cfg.digest()
+    )
 
 
 class Run:
@@ -89,8 +95,14 @@ class Run:
     def tower_config(self, encoder: str) -> TowerConfig:
         c = self.cfg
         return TowerConfig(
-            n_items=self.ds.n_items, n_users=self.ds.n_users, dim=c.dim, encoder=encoder,
-            max_len=c.max_len, n_layers=c.n_layers, n_heads=c.n_heads, dropout=c.dropout,
+            n_items=self.ds.n_items,
+            n_users=self.ds.n_users,
+            dim=c.dim,
+            encoder=encoder,
+            max_len=c.max_len,
+            n_layers=c.n_layers,
+            n_heads=c.n_heads,
+            dropout=c.dropout,
             user_id_embedding=c.user_id_embedding,
             user_features=[s.to_dict() for s in self.user_specs],
             item_features=[s.to_dict() for s in self.item_specs],
@@ -120,10 +132,15 @@ class Run:
 
 
 def catalog(ds: Dataset) -> list[dict]:
-    return [{"id": item_id, "title": ds.titles[i] if ds.titles else "",
-             "genres": list(ds.item_features[i].get("genres") or []) if ds.item_features else [],
-             "features": ds.item_features[i] if ds.item_features else {}}
-            for i, item_id in enumerate(ds.item_ids)]
+    return [
+        {
+            "id": item_id,
+            "title": ds.titles[i] if ds.titles else "",
+            "genres": list(ds.item_features[i].get("genres") or []) if ds.item_features else [],
+            "features": ds.item_features[i] if ds.item_features else {},
+        }
+        for i, item_id in enumerate(ds.item_ids)
+    ]
 
 
 def user_table(ds: Dataset, max_len: int) -> list[dict]:
@@ -131,10 +148,14 @@ def user_table(ds: Dataset, max_len: int) -> list[dict]:
     order = np.lexsort((np.arange(len(ds.users)), ds.timestamps, ds.users))
     users, items = ds.users[order], ds.items[order]
     bounds = np.searchsorted(users, np.arange(ds.n_users + 1))
-    return [{"id": user_id,
-             "features": ds.user_features[u] if ds.user_features else {},
-             "history": [ds.item_ids[i] for i in items[bounds[u]:bounds[u + 1]][-max_len:]]}
-            for u, user_id in enumerate(ds.user_ids)]
+    return [
+        {
+            "id": user_id,
+            "features": ds.user_features[u] if ds.user_features else {},
+            "history": [ds.item_ids[i] for i in items[bounds[u] : bounds[u + 1]][-max_len:]],
+        }
+        for u, user_id in enumerate(ds.user_ids)
+    ]
 
 
 def popularity(ds: Dataset) -> list[str]:
@@ -155,36 +176,62 @@ def load(cfg: RunConfig, fallback: bool) -> Dataset:
     except DownloadError as e:
         if not fallback:
             raise
-        log.warning("%s could not be downloaded (%s); FALLING BACK to the synthetic dataset",
-                    cfg.dataset, e)
+        log.warning(
+            "%s could not be downloaded (%s); FALLING BACK to the synthetic dataset", cfg.dataset, e
+        )
         cfg.dataset, cfg.data_dir = "synthetic", None
         return load_dataset("synthetic")
 
 
-def run(cfg: RunConfig, out: Path, *, if_changed: bool = False, progress: bool = True,
-        fallback: bool = False, checkpoint_dir: Path | None = None) -> Path | None:
+def run(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    if_changed: bool = False,
+    progress: bool = True,
+    fallback: bool = False,
+    checkpoint_dir: Path | None = None,
+) -> Path | None:
     """Train every requested encoder, keep the best on validation, write the bundle.
 
     Returns the bundle directory (None on non-zero DDP ranks, which don't write)."""
     torch.set_num_threads(cfg.threads)
     ds = load(cfg, fallback)
-    log.info("loaded %s: %d users, %d items, %d interactions from %s", ds.name, ds.n_users,
-             ds.n_items, len(ds.users), ds.source or cfg.data_dir)
+    log.info(
+        "loaded %s: %d users, %d items, %d interactions from %s",
+        ds.name,
+        ds.n_users,
+        ds.n_items,
+        len(ds.users),
+        ds.source or cfg.data_dir,
+    )
     if if_changed and up_to_date(out, ds, cfg):
-        log.info("bundle %s is up to date with this data and configuration; not retraining",
-                 bundle.resolve(out))
+        log.info(
+            "bundle %s is up to date with this data and configuration; not retraining",
+            bundle.resolve(out),
+        )
         return bundle.resolve(out)
     r = Run(ds, cfg)
     trained, histories, models = {}, {}, {}
     for encoder in cfg.encoders:
-        ckpt = (checkpoint_dir / f"{cfg.digest(resumable=True)[:12]}-{encoder}.pt"
-                if checkpoint_dir else None)
+        ckpt = (
+            checkpoint_dir / f"{cfg.digest(resumable=True)[:12]}-{encoder}.pt"
+            if checkpoint_dir
+            else None
+        )
         model, histories[encoder], seconds = r.train(encoder, ckpt, progress)
         trained[encoder] = model
         models[encoder] = r.report_entry(model) | {
-            "train_seconds": seconds, "epochs": len(histories[encoder].epoch)}
-        log.info("%s: valid NDCG@10 %.4f, test NDCG@10 %.4f (%.0f s)", encoder,
-                 models[encoder]["valid"]["NDCG@10"], models[encoder]["test"]["NDCG@10"], seconds)
+            "train_seconds": seconds,
+            "epochs": len(histories[encoder].epoch),
+        }
+        log.info(
+            "%s: valid NDCG@10 %.4f, test NDCG@10 %.4f (%.0f s)",
+            encoder,
+            models[encoder]["valid"]["NDCG@10"],
+            models[encoder]["test"]["NDCG@10"],
+            seconds,
+        )
     selected = max(trained, key=lambda e: models[e]["valid"]["NDCG@10"])
     best = trained[selected]
     if best.user_tower.features is not None and best.user_tower.encoder is not None:
@@ -197,25 +244,46 @@ def run(cfg: RunConfig, out: Path, *, if_changed: bool = False, progress: bool =
     return write(out, r, best, selected, models, histories)
 
 
-def write(out: Path, r: Run, best: TwoTower, selected: str, models: dict,
-          histories: dict[str, History]) -> Path:
+def write(
+    out: Path, r: Run, best: TwoTower, selected: str, models: dict, histories: dict[str, History]
+) -> Path:
     ds, cfg = r.ds, r.cfg
     version = bundle.new_version()
-    report = {"dataset": ds.name, "protocol": "loo-full", "version": version,
-              "n_users": ds.n_users, "n_items": ds.n_items, "n_interactions": int(len(ds.users)),
-              "selected": selected, "peak_memory_mb": peak_memory_mb(), "models": models}
-    summary = {k: models[selected][stage][k] for stage in ("valid", "test")
-               for k in ("HR@10", "NDCG@10")}
+    report = {
+        "dataset": ds.name,
+        "protocol": "loo-full",
+        "version": version,
+        "n_users": ds.n_users,
+        "n_items": ds.n_items,
+        "n_interactions": int(len(ds.users)),
+        "selected": selected,
+        "peak_memory_mb": peak_memory_mb(),
+        "models": models,
+    }
+    summary = {
+        k: models[selected][stage][k] for stage in ("valid", "test") for k in ("HR@10", "NDCG@10")
+    }
     with tempfile.TemporaryDirectory() as tmp:
         curve = plot_curves(histories, Path(tmp) / bundle.CURVE)
         path = export_bundle(
-            out, best, items=catalog(ds), users=user_table(ds, best.cfg.max_len),
+            out,
+            best,
+            items=catalog(ds),
+            users=user_table(ds, best.cfg.max_len),
             popularity=popularity(ds),
-            dataset={"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint(),
-                     "n_users": ds.n_users, "n_items": ds.n_items,
-                     "n_interactions": int(len(ds.users))},
-            train_config=cfg.to_dict(), metrics={"selected": selected, **summary},
-            report=report, report_md=markdown(report), curve_png=curve,
+            dataset={
+                "name": ds.name,
+                "source": ds.source,
+                "fingerprint": ds.fingerprint(),
+                "n_users": ds.n_users,
+                "n_items": ds.n_items,
+                "n_interactions": int(len(ds.users)),
+            },
+            train_config=cfg.to_dict(),
+            metrics={"selected": selected, **summary},
+            report=report,
+            report_md=markdown(report),
+            curve_png=curve,
             extra={"version": version, "run_digest": cfg.digest()},
         )
     log.info("wrote bundle %s (current -> %s)", path, path.name)

@@ -44,8 +44,10 @@ def markdown(report: dict) -> str:
     ]
     for name, m in models.items():
         s = m.get("sampled100", {})
-        lines.append(f"| {name} | {_fmt(s.get('HR@10', float('nan')))} | "
-                     f"{_fmt(s.get('NDCG@10', float('nan')))} |")
+        lines.append(
+            f"| {name} | {_fmt(s.get('HR@10', float('nan')))} | "
+            f"{_fmt(s.get('NDCG@10', float('nan')))} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -19,15 +19,20 @@ def pad_histories(histories: list[np.ndarray], max_len: int) -> tuple[torch.Tens
     width = max(1, int(lengths.max())) if len(recent) else 1
     padded = torch.full((len(recent), width), -1, dtype=torch.long)
     for row, h in enumerate(recent):
-        padded[row, :len(h)] = torch.as_tensor(h)
+        padded[row, : len(h)] = torch.as_tensor(h)
     return padded, lengths
 
 
 class TowerScorer:
     """Scores every item for a batch of users: <user_tower(inputs), item_tower(catalog)>."""
 
-    def __init__(self, model: TwoTower, item_feats: dict[str, torch.Tensor],
-                 user_feats: dict[str, torch.Tensor], mode: Mode = "combined"):
+    def __init__(
+        self,
+        model: TwoTower,
+        item_feats: dict[str, torch.Tensor],
+        user_feats: dict[str, torch.Tensor],
+        mode: Mode = "combined",
+    ):
         self.model, self.user_feats, self.mode = model.eval(), user_feats, mode
         with torch.inference_mode():
             ids = torch.arange(1, model.cfg.n_items + 1)

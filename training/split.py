@@ -52,7 +52,7 @@ def leave_one_out(ds: Dataset) -> Split:
     bounds = np.searchsorted(users, np.arange(ds.n_users + 1))
     train, valid, test = [], np.full(ds.n_users, -1, np.int64), np.full(ds.n_users, -1, np.int64)
     for u in range(ds.n_users):
-        seq = items[bounds[u]:bounds[u + 1]]
+        seq = items[bounds[u] : bounds[u + 1]]
         if len(seq) >= 3:
             seq, valid[u], test[u] = seq[:-2], seq[-2], seq[-1]
         train.append(seq)

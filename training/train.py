@@ -64,7 +64,7 @@ class Batcher:
     def epoch(self, users: np.ndarray, batch_size: int):
         users = users[self.rng.permutation(len(users))]
         for start in range(0, len(users), batch_size):
-            yield self.batch(users[start:start + batch_size])
+            yield self.batch(users[start : start + batch_size])
 
     def batch(self, users: np.ndarray) -> dict[str, torch.Tensor]:
         windows = []
@@ -72,11 +72,11 @@ class Batcher:
             seq = self.sequences[u]
             slack = len(seq) - self.window
             start = self.rng.integers(0, slack + 1) if slack > 0 else 0
-            windows.append(seq[start:start + self.window])
+            windows.append(seq[start : start + self.window])
         width = max(len(w) for w in windows)
         targets = np.full((len(users), width), -1, dtype=np.int64)  # -1 = padding
         for row, w in enumerate(windows):
-            targets[row, :len(w)] = w
+            targets[row, : len(w)] = w
         return {"users": torch.as_tensor(users), "targets": torch.as_tensor(targets)}
 
 
@@ -84,9 +84,15 @@ class NextItemObjective(torch.nn.Module):
     """Loss of one batch: every position predicts the next item. A module, so that DDP
     can wrap it (DDP synchronises gradients of whatever its wrapped forward computes)."""
 
-    def __init__(self, model: TwoTower, item_feats: dict[str, torch.Tensor],
-                 user_feats: dict[str, torch.Tensor], item_freq: torch.Tensor,
-                 cfg: TrainConfig, seed: int):
+    def __init__(
+        self,
+        model: TwoTower,
+        item_feats: dict[str, torch.Tensor],
+        user_feats: dict[str, torch.Tensor],
+        item_freq: torch.Tensor,
+        cfg: TrainConfig,
+        seed: int,
+    ):
         super().__init__()
         self.model, self.cfg = model, cfg
         self.item_feats, self.user_feats, self.item_freq = item_feats, user_feats, item_freq
@@ -137,28 +143,39 @@ class NextItemObjective(torch.nn.Module):
             feats = {k: v[users] for k, v in self.user_feats.items()}
             u = u + (tower.encode_features(feats) * keep_feat[:, None])[:, None, :]
         if tower.user_ids is not None:
-            keep_id = (torch.rand(len(users), generator=self.gen) >= self.cfg.branch_dropout)
+            keep_id = torch.rand(len(users), generator=self.gen) >= self.cfg.branch_dropout
             u = u + (tower.user_ids(users + 1) * keep_id[:, None])[:, None, :]
         u, y = u[valid], targets[valid]
         if self.loss_kind == "full":
             return losses.full_softmax(u, cand_vectors, y)
-        return losses.sampled_softmax(u, cand_vectors, candidates, y, self.item_freq,
-                                      self.cfg.uniform_negatives)
+        return losses.sampled_softmax(
+            u, cand_vectors, candidates, y, self.item_freq, self.cfg.uniform_negatives
+        )
 
 
 class Trainer:
-    def __init__(self, model: TwoTower, split: Split, item_feats: dict[str, torch.Tensor],
-                 user_feats: dict[str, torch.Tensor], cfg: TrainConfig):
+    def __init__(
+        self,
+        model: TwoTower,
+        split: Split,
+        item_feats: dict[str, torch.Tensor],
+        user_feats: dict[str, torch.Tensor],
+        cfg: TrainConfig,
+    ):
         self.model, self.split, self.cfg = model, split, cfg
         counts = np.bincount(np.concatenate(split.train), minlength=model.cfg.n_items) + 1.0
         item_freq = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
         self.train_users = np.array([u for u, s in enumerate(split.train) if len(s) > 0])
         self.ddp = dist.is_available() and dist.is_initialized()
         rank = dist.get_rank() if self.ddp else 0
-        self.objective = NextItemObjective(model, item_feats, user_feats, item_freq, cfg,
-                                           seed=cfg.seed + rank)
-        self.step = (torch.nn.parallel.DistributedDataParallel(self.objective)
-                     if self.ddp else self.objective)
+        self.objective = NextItemObjective(
+            model, item_feats, user_feats, item_freq, cfg, seed=cfg.seed + rank
+        )
+        self.step = (
+            torch.nn.parallel.DistributedDataParallel(self.objective)
+            if self.ddp
+            else self.objective
+        )
         self.batcher = Batcher(split.train, model.cfg.max_len, cfg.seed + rank)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -175,25 +192,41 @@ class Trainer:
         return total / max(steps, 1)
 
     # -- the loop -------------------------------------------------------------
-    def fit(self, evaluate: Callable[[TwoTower], dict], *, progress: bool = True,
-            checkpoint: Path | None = None) -> History:
+    def fit(
+        self,
+        evaluate: Callable[[TwoTower], dict],
+        *,
+        progress: bool = True,
+        checkpoint: Path | None = None,
+    ) -> History:
         """Train until validation NDCG@10 stops improving; keep the best weights."""
         history, best, best_state, start = History(), -math.inf, None, 0
         if checkpoint is not None and checkpoint.is_file():
             start, history, best, best_state = self.load_checkpoint(checkpoint)
             log.info("resumed from %s at epoch %d", checkpoint, start)
         shard = self.shard(self.train_users)
-        bar = tqdm(range(start, self.cfg.epochs), desc="train", disable=not progress,
-                   initial=start, total=self.cfg.epochs)
-        stale = len(history.epoch) - 1 - int(np.argmax(history.valid_ndcg10)) \
-            if history.epoch else 0
+        bar = tqdm(
+            range(start, self.cfg.epochs),
+            desc="train",
+            disable=not progress,
+            initial=start,
+            total=self.cfg.epochs,
+        )
+        stale = (
+            len(history.epoch) - 1 - int(np.argmax(history.valid_ndcg10)) if history.epoch else 0
+        )
         for epoch in bar:
             t0 = time.perf_counter()
             loss = self.train_epoch(shard)
             metrics = evaluate(self.model)
             ndcg, hr = metrics["NDCG@10"], metrics["HR@10"]
-            for key, value in (("epoch", epoch + 1), ("loss", loss), ("valid_ndcg10", ndcg),
-                               ("valid_hr10", hr), ("seconds", time.perf_counter() - t0)):
+            for key, value in (
+                ("epoch", epoch + 1),
+                ("loss", loss),
+                ("valid_ndcg10", ndcg),
+                ("valid_hr10", hr),
+                ("seconds", time.perf_counter() - t0),
+            ):
                 getattr(history, key).append(value)
             if ndcg > best:
                 best, best_state, stale = ndcg, copy.deepcopy(self.model.state_dict()), 0
@@ -212,17 +245,27 @@ class Trainer:
     def shard(self, users: np.ndarray) -> np.ndarray:
         if not self.ddp:
             return users
-        return users[dist.get_rank()::dist.get_world_size()]
+        return users[dist.get_rank() :: dist.get_world_size()]
 
-    def save_checkpoint(self, path: Path, epoch: int, history: History, best: float,
-                        best_state: dict | None) -> None:
+    def save_checkpoint(
+        self, path: Path, epoch: int, history: History, best: float, best_state: dict | None
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"epoch": epoch, "model": self.model.state_dict(),
-                    "opt": self.opt.state_dict(), "history": asdict(history), "best": best,
-                    "best_state": best_state, "rng": self.objective.gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "np_rng": self.batcher.rng.bit_generator.state}, tmp)
+        torch.save(
+            {
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(),
+                "history": asdict(history),
+                "best": best,
+                "best_state": best_state,
+                "rng": self.objective.gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "np_rng": self.batcher.rng.bit_generator.state,
+            },
+            tmp,
+        )
         os.replace(tmp, path)
 
     def load_checkpoint(self, path: Path):

@@ -19,8 +19,19 @@ _MOVIELENS = {  # name -> (loader, a file its directory must hold)
     "ml-20m": (load_ml20m, "ratings.csv"),
 }
 
-__all__ = ["DATASETS", "Dataset", "DataFormatError", "DownloadError", "FeatureColumn",
-           "generate", "load_dataset", "load_generic", "load_ml100k", "load_ml1m", "load_ml20m"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DataFormatError",
+    "DownloadError",
+    "FeatureColumn",
+    "generate",
+    "load_dataset",
+    "load_generic",
+    "load_ml100k",
+    "load_ml1m",
+    "load_ml20m",
+]
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, **kwargs) -> Dataset:

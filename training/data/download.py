@@ -82,9 +82,11 @@ def download(name: str, dest: str | Path, timeout: float = 60.0) -> Path:
     try:
         actual = _fetch(url, part, algorithm, name, timeout)
         if actual != expected:
-            raise DownloadError(f"{url}: {algorithm} mismatch (expected {expected}, got "
-                                f"{actual}); the download is corrupt or not the official "
-                                "archive")
+            raise DownloadError(
+                f"{url}: {algorithm} mismatch (expected {expected}, got "
+                f"{actual}); the download is corrupt or not the official "
+                "archive"
+            )
         if target.exists():
             shutil.rmtree(target)  # a partial or unverified earlier extraction
         _extract(part, dest)

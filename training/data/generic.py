@@ -57,8 +57,12 @@ class _Table:
         self.path = path
         missing = [c for c in required if c not in self.df.columns]
         if missing:
-            raise DataFormatError(path, None, f"missing column(s) {', '.join(missing)}; "
-                                  f"found {', '.join(map(str, self.df.columns))}")
+            raise DataFormatError(
+                path,
+                None,
+                f"missing column(s) {', '.join(missing)}; "
+                f"found {', '.join(map(str, self.df.columns))}",
+            )
 
     def error(self, row: int, column: str, message: str) -> DataFormatError:
         line = row + 2 if self.path.suffix == ".csv" else row + 1
@@ -74,16 +78,21 @@ class _Table:
     def ids(self, column: str) -> list[str]:
         values = self.df[column]
         if pd.api.types.is_float_dtype(values):
-            raise DataFormatError(self.path, None, f"column {column!r}: float ids are "
-                                  "ambiguous; store ids as integers or strings")
-        self.first_bad(values.isna() | (values.astype(str).str.strip() == ""), column,
-                       "missing id")
+            raise DataFormatError(
+                self.path,
+                None,
+                f"column {column!r}: float ids are ambiguous; store ids as integers or strings",
+            )
+        self.first_bad(values.isna() | (values.astype(str).str.strip() == ""), column, "missing id")
         return values.astype(str).tolist()
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or (
-        isinstance(value, str) and not value.strip())
+    return (
+        value is None
+        or (isinstance(value, float) and np.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
 
 
 def _timestamps(table: _Table) -> np.ndarray:
@@ -91,8 +100,9 @@ def _timestamps(table: _Table) -> np.ndarray:
     if not pd.api.types.is_datetime64_any_dtype(column):
         numbers = pd.to_numeric(column, errors="coerce")
         if numbers.notna().any():
-            table.first_bad(numbers.isna() | (numbers % 1 != 0), "timestamp",
-                            "not an integer timestamp")
+            table.first_bad(
+                numbers.isna() | (numbers % 1 != 0), "timestamp", "not an integer timestamp"
+            )
             return numbers.to_numpy(np.int64)
     dates = pd.to_datetime(column, utc=True, errors="coerce", format="ISO8601")
     table.first_bad(dates.isna(), "timestamp", "not an integer or an ISO-8601 date")
@@ -103,8 +113,7 @@ def _weights(table: _Table) -> np.ndarray | None:
     if "weight" not in table.df.columns:
         return None
     weights = pd.to_numeric(table.df["weight"], errors="coerce").to_numpy(np.float64)
-    table.first_bad(~np.isfinite(weights) | (weights < 0), "weight",
-                    "not a finite number >= 0")
+    table.first_bad(~np.isfinite(weights) | (weights < 0), "weight", "not a finite number >= 0")
     return weights.astype(np.float32)
 
 
@@ -120,9 +129,12 @@ def _columns(config_path: Path, section: str, spec: dict) -> list[tuple[FeatureC
             raise DataFormatError(config_path, None, f"{where}: unknown keys {sorted(unknown)}")
         if options["kind"] == "bucket" and not options.get("boundaries"):
             raise DataFormatError(config_path, None, f"{where}: bucket needs boundaries")
-        column = FeatureColumn(name, options["kind"],
-                               boundaries=[float(b) for b in options.get("boundaries", [])],
-                               prefix=options.get("prefix"))
+        column = FeatureColumn(
+            name,
+            options["kind"],
+            boundaries=[float(b) for b in options.get("boundaries", [])],
+            prefix=options.get("prefix"),
+        )
         out.append((column, str(options.get("separator", "|"))))
     return out
 
@@ -131,8 +143,9 @@ def _value(table: _Table, row: int, column: FeatureColumn, separator: str, value
     if column.kind == "multi":
         if isinstance(value, (list, tuple, np.ndarray)):
             return [str(v) for v in value if not _missing(v)]
-        return [] if _missing(value) else [v.strip() for v in str(value).split(separator)
-                                           if v.strip()]
+        return (
+            [] if _missing(value) else [v.strip() for v in str(value).split(separator) if v.strip()]
+        )
     if _missing(value):
         return None
     if column.kind == "categorical":
@@ -161,8 +174,10 @@ def _features(config_path: Path, section: str, config: dict, key: str):
     duplicated = pd.Series(ids).duplicated().to_numpy()
     table.first_bad(duplicated, key, "duplicate id")
     cells = {c.name: table.df[c.name].tolist() for c, _ in columns}
-    rows = [{c.name: _value(table, r, c, sep, cells[c.name][r]) for c, sep in columns}
-            for r in range(len(ids))]
+    rows = [
+        {c.name: _value(table, r, c, sep, cells[c.name][r]) for c, sep in columns}
+        for r in range(len(ids))
+    ]
     titles = ["" if _missing(t) else str(t) for t in table.df[title]] if title else []
     return ids, rows, [c for c, _ in columns], titles
 
@@ -174,8 +189,9 @@ def _index(seen: list[str], extra: list[str]) -> dict[str, int]:
     return index
 
 
-def _attach(index: dict[str, int], keys: list[str], rows: list[dict],
-            columns: list[FeatureColumn]) -> list[dict]:
+def _attach(
+    index: dict[str, int], keys: list[str], rows: list[dict], columns: list[FeatureColumn]
+) -> list[dict]:
     """Per internal id feature dicts; ids without a table row get missing values."""
     if not columns:
         return []
@@ -198,14 +214,14 @@ def load_generic(source: str | Path) -> Dataset:
     if "path" not in config.get("interactions", {}):
         raise DataFormatError(config_path, None, "[interactions] needs a path")
 
-    log = _Table(config_path.parent / config["interactions"]["path"],
-                 ("user_id", "item_id", "timestamp"))
+    log = _Table(
+        config_path.parent / config["interactions"]["path"], ("user_id", "item_id", "timestamp")
+    )
     log_users, log_items = log.ids("user_id"), log.ids("item_id")
     timestamps, weights = _timestamps(log), _weights(log)
 
     user_keys, user_rows, user_columns, _ = _features(config_path, "users", config, "user_id")
-    item_keys, item_rows, item_columns, titles = _features(config_path, "items", config,
-                                                           "item_id")
+    item_keys, item_rows, item_columns, titles = _features(config_path, "items", config, "item_id")
     users, items = _index(log_users, user_keys), _index(log_items, item_keys)
 
     title_list = [""] * len(items)

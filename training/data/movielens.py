@@ -18,9 +18,25 @@ import pandas as pd
 from training.data.base import DataFormatError, Dataset, FeatureColumn
 
 GENRES_100K = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 USER_COLUMNS = [
     FeatureColumn("gender", "categorical"),
@@ -76,8 +92,14 @@ def _scan_ratings(path: Path, sep: str, encoding: str, header: bool) -> np.ndarr
             float(rating)
         except ValueError:
             raise DataFormatError(path, number, f"rating is not a number: {rating!r}") from None
-        rows.append((_int(path, number, user, "user id"), _int(path, number, item, "item id"),
-                     _int(path, number, ts, "timestamp"), number))
+        rows.append(
+            (
+                _int(path, number, user, "user id"),
+                _int(path, number, item, "item id"),
+                _int(path, number, ts, "timestamp"),
+                number,
+            )
+        )
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
@@ -86,17 +108,24 @@ def _read_ratings(path: Path, sep: str, encoding: str, header: bool = False) -> 
     else the line-by-line scan, which names the first bad line."""
     if len(sep) == 1:
         try:
-            df = pd.read_csv(path, sep=sep, header=0 if header else None, encoding=encoding,
-                             names=["u", "i", "r", "t"], dtype={"u": np.int64, "i": np.int64,
-                             "r": np.float64, "t": np.int64}, quoting=csv.QUOTE_NONE)
+            df = pd.read_csv(
+                path,
+                sep=sep,
+                header=0 if header else None,
+                encoding=encoding,
+                names=["u", "i", "r", "t"],
+                dtype={"u": np.int64, "i": np.int64, "r": np.float64, "t": np.int64},
+                quoting=csv.QUOTE_NONE,
+            )
             return df[["u", "i", "t"]].to_numpy(np.int64)
         except ValueError:
             pass
     return _scan_ratings(path, sep, encoding, header)[:, :3]
 
 
-def _internal(path: Path, ext: np.ndarray, known: list[int], what: str, header: bool,
-              sep: str, encoding: str) -> np.ndarray:
+def _internal(
+    path: Path, ext: np.ndarray, known: list[int], what: str, header: bool, sep: str, encoding: str
+) -> np.ndarray:
     """Map external integer ids to positions in ``known``; an unknown id names its line."""
     out = pd.Index(known).get_indexer(ext).astype(np.int64)
     bad = np.flatnonzero(out < 0)
@@ -112,8 +141,16 @@ def _new(path: Path, number: int, seen: dict, key: int, what: str) -> int:
     return key
 
 
-def _build(name: str, root: Path, ratings: Path, sep: str, encoding: str, header: bool,
-           users: dict[int, dict] | None, items: dict[int, tuple[str, dict]]) -> Dataset:
+def _build(
+    name: str,
+    root: Path,
+    ratings: Path,
+    sep: str,
+    encoding: str,
+    header: bool,
+    users: dict[int, dict] | None,
+    items: dict[int, tuple[str, dict]],
+) -> Dataset:
     data = _read_ratings(ratings, sep, encoding, header)
     item_keys = list(items)
     item_idx = _internal(ratings, data[:, 1], item_keys, "item", header, sep, encoding)
@@ -145,8 +182,12 @@ def _users(path: Path, sep: str, order: tuple[str, ...]) -> dict[int, dict]:
     for number, values in _lines(path, sep, 5, "latin-1"):
         row = dict(zip(order, values, strict=True))
         key = _new(path, number, users, _int(path, number, row["user"], "user id"), "user")
-        users[key] = {"gender": row["gender"], "age": _int(path, number, row["age"], "age"),
-                      "occupation": row["occupation"], "zip": row["zip"]}
+        users[key] = {
+            "gender": row["gender"],
+            "age": _int(path, number, row["age"], "age"),
+            "occupation": row["occupation"],
+            "zip": row["zip"],
+        }
     return users
 
 

@@ -20,18 +20,37 @@ import numpy as np
 from training.data.base import Dataset
 from training.data.movielens import ITEM_COLUMNS, USER_COLUMNS
 
-GENRES = ["Action", "Adventure", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-          "Horror", "Romance", "Sci-Fi", "Thriller", "Western"]
-OCCUPATIONS = ["artist", "engineer", "student", "teacher", "doctor", "lawyer", "writer",
-               "retired"]
+GENRES = [
+    "Action",
+    "Adventure",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Horror",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "Western",
+]
+OCCUPATIONS = ["artist", "engineer", "student", "teacher", "doctor", "lawyer", "writer", "retired"]
 AGE_GROUPS = [25, 35, 50]  # ages below each boundary form a group; 4 groups
 START = 946_684_800  # 2000-01-01 UTC
 STEP_CDF = np.cumsum([0.6, 0.25, 0.15])  # a ring step moves 1, 2 or 3 items ahead
 
 
-def generate(n_users: int = 1000, n_items: int = 500, seed: int = 0, n_clusters: int = 10,
-             min_length: int = 20, max_length: int = 60, p_step: float = 0.6,
-             p_cluster: float = 0.2, p_hop: float = 0.15) -> Dataset:
+def generate(
+    n_users: int = 1000,
+    n_items: int = 500,
+    seed: int = 0,
+    n_clusters: int = 10,
+    min_length: int = 20,
+    max_length: int = 60,
+    p_step: float = 0.6,
+    p_cluster: float = 0.2,
+    p_hop: float = 0.15,
+) -> Dataset:
     """Deterministic for a seed. Per step: ``p_step`` a 1-3 item step along the ring,
     ``p_cluster`` a popular item of the current cluster, ``p_hop`` a hop (to a
     neighbouring cluster, or home when away), otherwise a popular item of any cluster."""
@@ -66,8 +85,14 @@ def generate(n_users: int = 1000, n_items: int = 500, seed: int = 0, n_clusters:
     for u in range(n_users):
         gender, job = rng.integers(2), rng.integers(len(OCCUPATIONS))
         age = int(rng.integers(18, 70))
-        user_features.append({"gender": "MF"[gender], "age": age, "occupation": OCCUPATIONS[job],
-                              "zip": f"{rng.integers(100000):05d}"})
+        user_features.append(
+            {
+                "gender": "MF"[gender],
+                "age": age,
+                "occupation": OCCUPATIONS[job],
+                "zip": f"{rng.integers(100000):05d}",
+            }
+        )
         group = int(np.searchsorted(AGE_GROUPS, age, side="right"))
         homes[u] = home_of[gender, group, job] if rng.random() < 0.9 else rng.integers(n_clusters)
 
