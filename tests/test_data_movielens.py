@@ -9,7 +9,7 @@ import pytest
 
 from training.data import load_dataset
 from training.data.base import DataFormatError
-from training.data.movielens import load_ml1m, load_ml20m, load_ml100k
+from training.data.movielens import GENRES_100K, load_ml1m, load_ml20m, load_ml100k
 
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
@@ -20,28 +20,7 @@ def write(path: Path, lines: list[str], encoding: str = "latin-1") -> Path:
 
 
 def flags(*names: str) -> str:
-    genres = [
-        "unknown",
-        "Action",
-        "Adventure",
-        "Animation",
-        "Children's",
-        "Comedy",
-        "Crime",
-        "Documentary",
-        "Drama",
-        "Fantasy",
-        "Film-Noir",
-        "Horror",
-        "Musical",
-        "Mystery",
-        "Romance",
-        "Sci-Fi",
-        "Thriller",
-        "War",
-        "Western",
-    ]
-    return "|".join("1" if g in names else "0" for g in genres)
+    return "|".join("1" if g in names else "0" for g in GENRES_100K)
 
 
 @pytest.fixture
