@@ -227,21 +227,26 @@ class ItemIndex:
     def _search_overfetch(
         self, q: np.ndarray, k: int, banned: list[np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One batched call for enough neighbours to survive the filter, then filter."""
+        """One batched call for enough neighbours to survive the filter, then filter.
+
+        The filter is a set lookup per row: rows are only ``k + len(exclusions)`` long, and
+        at that size plain Python beats numpy's isin/argsort machinery several times over.
+        """
         extra = max(len(b) for b in banned) + len(self._tombstones)
-        ids, scores = self._faiss(q, min(k + extra, self._ntotal))
-        keep = (ids >= 0) & self._active[np.maximum(ids, 0)]
-        sizes = [len(b) for b in banned]
-        if sum(sizes):
-            width = len(self._items)
-            rows = np.arange(len(q), dtype=np.int64)
-            keys = np.repeat(rows, sizes) * width + np.concatenate(banned)
-            keep &= ~np.isin(rows[:, None] * width + ids, keys)
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-        ok = np.take_along_axis(keep, order, axis=1)
-        ids = np.where(ok, np.take_along_axis(ids, order, axis=1), -1)
-        scores = np.where(ok, np.take_along_axis(scores, order, axis=1), -np.inf)
-        return _pad(ids, scores.astype(np.float32), k)
+        found_ids, found_scores = self._faiss(q, min(k + extra, self._ntotal))
+        ids = np.full((len(q), k), -1, dtype=np.int64)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        active = self._active if len(self._tombstones) else None
+        for row, (row_ids, skip) in enumerate(zip(found_ids.tolist(), banned, strict=True)):
+            skip = set(skip.tolist())
+            keep = [
+                j
+                for j, i in enumerate(row_ids)
+                if i >= 0 and i not in skip and (active is None or active[i])
+            ][:k]
+            ids[row, : len(keep)] = found_ids[row, keep]
+            scores[row, : len(keep)] = found_scores[row, keep]
+        return ids, scores
 
     def _search_selector(
         self, q: np.ndarray, k: int, banned: list[np.ndarray]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -17,6 +18,12 @@ cli = typer.Typer(
 )
 
 
+class Loop(StrEnum):
+    auto = "auto"
+    uvloop = "uvloop"
+    asyncio = "asyncio"
+
+
 @cli.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
@@ -24,6 +31,11 @@ def serve(
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(False, help="Log every request."),
+    loop: Loop = typer.Option(
+        Loop.auto,
+        envvar="UVICORN_LOOP",
+        help="Event loop: auto (uvloop when installed), uvloop or asyncio.",
+    ),
 ) -> None:
     """Run uvicorn on service.app:app."""
     import uvicorn
@@ -38,6 +50,7 @@ def serve(
         workers=workers,
         log_level=log_level,
         access_log=access_log,
+        loop=loop.value,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.render import ItemFragments
 from training import bundle
 from training.bundle import BundleError
 from training.features import FeatureSpec
@@ -116,6 +117,7 @@ class Engine:
             if i in self._internal
         ]
         self._meta: list[dict[str, Any]] = [self._metadata(i) for i in range(self.n_items)]
+        self.fragments = ItemFragments(self._meta)
         self.genres: dict[str, np.ndarray] = {}
         for i, meta in enumerate(self._meta):
             for g in meta["genres"]:

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 from fastapi.exceptions import RequestValidationError
 
+from service import render
 from service.cache import from_bytes, history_fingerprint, input_digest, to_bytes
 from service.config import Settings
 from service.engine import Engine, Job, Query, Subset
 from service.runtime import Runtime
-from service.schemas import Item, RecommendRequest, RecommendResponse
+from service.schemas import RecommendRequest
 
 Loc = tuple[str | int, ...]
 
@@ -273,28 +274,11 @@ def _known(engine: Engine, ids: list[str]) -> list[int]:
     return out
 
 
-def item_list(engine: Engine, ids: list[int], scores: list[float] | None) -> list[Item]:
-    out = []
-    for n, i in enumerate(ids):
-        meta = engine.item(i)
-        out.append(
-            Item(
-                item_id=meta["id"],
-                score=None if scores is None else scores[n],
-                title=meta["title"],
-                genres=meta["genres"],
-            )
-        )
-    return out
-
-
-def _response(
-    engine: Engine, p: Plan, ids: list[int], scores: list[float] | None
-) -> RecommendResponse:
+def _render(engine: Engine, p: Plan, ids: list[int], scores: list[float] | None) -> str:
     if len(ids) < p.k:
         p.warnings.append(f"only {len(ids)} items left after exclusions and filter (k={p.k})")
-    return RecommendResponse(
-        items=item_list(engine, ids, scores),
+    return render.recommendation(
+        engine.fragments.items(ids, scores),
         model_version=engine.version,
         strategy=p.strategy,
         cache=p.cache,
@@ -304,8 +288,9 @@ def _response(
     )
 
 
-async def answer(plans: list[Plan], engine: Engine, runtime: Runtime) -> list[RecommendResponse]:
-    """Compute every plan that needs the model in one batch, then build the responses."""
+async def answer(plans: list[Plan], engine: Engine, runtime: Runtime) -> list[str]:
+    """Compute every plan that needs the model in one batch, then render the answers
+    (RecommendResponse JSON bodies)."""
     computed = [p for p in plans if p.query is not None]
     jobs = [
         Job(
@@ -338,17 +323,18 @@ async def answer(plans: list[Plan], engine: Engine, runtime: Runtime) -> list[Re
     for p in plans:
         runtime.metrics.strategy.labels(strategy=p.strategy).inc()
         if p.query is None:
-            out.append(_response(engine, p, engine.popular(p.k, p.exclude, p.allowed), None))
+            out.append(_render(engine, p, engine.popular(p.k, p.exclude, p.allowed), None))
         else:
             r = by_plan[id(p)]
-            out.append(_response(engine, p, r.ids, r.scores))
+            out.append(_render(engine, p, r.ids, r.scores))
     return out
 
 
 async def recommend(
     requests: list[RecommendRequest], engine: Engine, runtime: Runtime, locs: list[Loc]
-) -> list[RecommendResponse]:
-    """Validate all requests (422 naming every bad field), then answer them together."""
+) -> list[str]:
+    """Validate all requests (422 naming every bad field), then answer them together
+    (RecommendResponse JSON bodies, in order)."""
     errors: list[dict] = []
     unknowns = []
     for req, loc in zip(requests, locs, strict=True):
@@ -357,10 +343,9 @@ async def recommend(
         unknowns.append(unknown)
     if errors:
         raise RequestValidationError(errors)
-    plans = await asyncio.gather(
-        *(
-            plan(req, engine, runtime, unknown)
-            for req, unknown in zip(requests, unknowns, strict=True)
-        )
-    )
+    if len(requests) == 1:  # the common case: no task for gather to create
+        plans = [await plan(requests[0], engine, runtime, unknowns[0])]
+    else:
+        pairs = zip(requests, unknowns, strict=True)
+        plans = await asyncio.gather(*(plan(req, engine, runtime, u) for req, u in pairs))
     return await answer(list(plans), engine, runtime)

@@ -34,7 +34,15 @@ def _settings(request: Request) -> Settings:
 
 
 async def require_api_key(request: Request, key: str | None = Security(api_key_header)) -> None:
-    settings = _settings(request)
+    _authorize(_settings(request), key)
+
+
+def check_api_key(request: Request) -> None:
+    """``require_api_key`` for code that runs without FastAPI's dependency injection."""
+    _authorize(_settings(request), request.headers.get(api_key_header.model.name))
+
+
+def _authorize(settings: Settings, key: str | None) -> None:
     if settings.api_key is None:
         return
     if _matches(key, settings.api_key) or _matches(key, settings.admin_api_key):

@@ -11,6 +11,8 @@ import pytest
 import test_service_support as support
 from test_service_support import catalog, ids, locs, serve, settings
 
+from service.schemas import RecommendResponse
+
 anyio_backend, served_root = support.anyio_backend, support.served_root  # fixtures
 
 pytestmark = pytest.mark.anyio
@@ -66,6 +68,7 @@ async def test_each_strategy_returns_k_distinct_unseen_items(served_root, cat):
         for body, strategy, seen in cases:
             r = await client.post("/recommend", json=body)
             assert r.status_code == 200, r.text
+            RecommendResponse.model_validate_json(r.content)  # the documented shape
             data = r.json()
             assert data["strategy"] == strategy, (body, data)
             assert data["model_version"] == cat["version"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from service.deps import get_runtime
-from service.runtime import ReloadError, Runtime
+from service.deps import runtime_of
+from service.runtime import ReloadError
 from service.schemas import ReloadResponse
 from service.security import require_admin_key
 
@@ -19,9 +19,10 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
     responses={409: {"description": "The new bundle failed to load"}},
 )
 async def reload(
+    request: Request,
     force: bool = Query(False, description="Reload even if unchanged"),
-    runtime: Runtime = Depends(get_runtime),
 ) -> ReloadResponse:
+    runtime = runtime_of(request)
     previous = runtime.engine.version if runtime.engine else None
     try:
         result = await runtime.reload(force=force)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
 from service.cache import CacheUnavailable
-from service.deps import get_engine, get_runtime
-from service.engine import Engine
+from service.deps import engine_of, runtime_of
 from service.recommend import error, too_long
-from service.runtime import Runtime
 from service.schemas import Event, EventBatch, EventsResponse
 
 router = APIRouter(tags=["events"])
@@ -20,11 +18,8 @@ router = APIRouter(tags=["events"])
     response_model=EventsResponse,
     summary="Record interactions: one event or {events: [...]}",
 )
-async def post_events(
-    body: EventBatch | Event = Body(...),
-    engine: Engine = Depends(get_engine),
-    runtime: Runtime = Depends(get_runtime),
-) -> EventsResponse:
+async def post_events(request: Request, body: EventBatch | Event = Body(...)) -> EventsResponse:
+    engine, runtime = engine_of(request), runtime_of(request)
     batch = isinstance(body, EventBatch)
     events = body.events if batch else [body]
     limit = runtime.settings.max_events

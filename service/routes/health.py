@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.deps import get_runtime
-from service.runtime import Runtime
+from service.deps import runtime_of
 from service.security import require_api_key
 
 public = APIRouter(tags=["health"])
@@ -23,8 +22,8 @@ async def healthz() -> dict:
     summary="Bundle loaded and Redis reachable (or no Redis configured)",
     responses={503: {"description": "Not ready; `reason` says why"}},
 )
-async def readyz(runtime: Runtime = Depends(get_runtime)) -> JSONResponse:
-    ok, info = await runtime.readiness()
+async def readyz(request: Request) -> JSONResponse:
+    ok, info = await runtime_of(request).readiness()
     return JSONResponse(
         {"status": "ready" if ok else "not ready", **info}, status_code=200 if ok else 503
     )

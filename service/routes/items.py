@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from service.deps import get_engine, get_runtime, json_response
+from service import render
+from service.deps import engine_of, json_body, runtime_of
 from service.engine import Engine
-from service.recommend import error, item_list
-from service.runtime import Runtime
+from service.recommend import error
 from service.schemas import ItemResponse, SimilarResponse
 
 router = APIRouter(tags=["items"])
@@ -29,11 +29,11 @@ def _lookup(engine: Engine, item_id: str) -> int:
     summary="Nearest items in the index (the item itself excluded)",
 )
 async def similar_items(
+    request: Request,
     item_id: str = ItemPath,
     k: int = Query(10, ge=1, description="1..MAX_K"),
-    engine: Engine = Depends(get_engine),
-    runtime: Runtime = Depends(get_runtime),
 ) -> Response:
+    engine, runtime = engine_of(request), runtime_of(request)
     if k > runtime.settings.max_k:
         raise RequestValidationError(
             [
@@ -48,16 +48,13 @@ async def similar_items(
         )
     i = _lookup(engine, item_id)
     (result,) = await runtime.batcher.run(engine, [engine.similar_job(i, k)])
-    ids, scores = result.ids, result.scores
-    return json_response(
-        SimilarResponse(
-            item_id=item_id, items=item_list(engine, ids, scores), model_version=engine.version
-        )
-    )
+    items = engine.fragments.items(result.ids, result.scores)
+    return json_body(render.similar(item_id, items, engine.version))
 
 
 @router.get("/items/{item_id}", response_model=ItemResponse, summary="Item metadata")
-async def get_item(item_id: str = ItemPath, engine: Engine = Depends(get_engine)) -> ItemResponse:
+async def get_item(request: Request, item_id: str = ItemPath) -> ItemResponse:
+    engine = engine_of(request)
     i = _lookup(engine, item_id)
     meta = engine.item(i)
     return ItemResponse(

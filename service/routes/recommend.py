@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from service.deps import get_engine, get_runtime, json_response
-from service.engine import Engine
+from service import render
+from service.deps import engine_of, json_body, runtime_of
 from service.recommend import recommend, too_long
-from service.runtime import Runtime
+from service.routes.lean import LeanRoute
 from service.schemas import BatchRequest, BatchResponse, RecommendRequest, RecommendResponse
 
-router = APIRouter(tags=["recommend"])
+router = APIRouter(tags=["recommend"], route_class=LeanRoute)
 
 
 @router.post(
@@ -19,13 +19,9 @@ router = APIRouter(tags=["recommend"])
     response_model=RecommendResponse,
     summary="Top-k items for one user (features, recent items, a known user id, or popularity)",
 )
-async def recommend_one(
-    body: RecommendRequest,
-    engine: Engine = Depends(get_engine),
-    runtime: Runtime = Depends(get_runtime),
-) -> Response:
-    (response,) = await recommend([body], engine, runtime, [("body",)])
-    return json_response(response)
+async def recommend_one(body: RecommendRequest, request: Request) -> Response:
+    (response,) = await recommend([body], engine_of(request), runtime_of(request), [("body",)])
+    return json_body(response)
 
 
 @router.post(
@@ -34,11 +30,8 @@ async def recommend_one(
     summary="Up to MAX_BATCH /recommend bodies, answered in order with one forward "
     "pass and one index search",
 )
-async def recommend_batch(
-    body: BatchRequest,
-    engine: Engine = Depends(get_engine),
-    runtime: Runtime = Depends(get_runtime),
-) -> Response:
+async def recommend_batch(body: BatchRequest, request: Request) -> Response:
+    engine, runtime = engine_of(request), runtime_of(request)
     limit = runtime.settings.max_batch
     if len(body.requests) > limit:
         raise RequestValidationError(
@@ -46,4 +39,4 @@ async def recommend_batch(
         )
     locs = [("body", "requests", n) for n in range(len(body.requests))]
     responses = await recommend(body.requests, engine, runtime, locs)
-    return json_response(BatchResponse(responses=responses, model_version=engine.version))
+    return json_body(render.batch(responses, engine.version))
