@@ -116,6 +116,24 @@ class Metrics:
             registry=r,
         )
 
+        # labelled children, looked up once per label set (labels() costs microseconds)
+        self._http: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._strategies: dict[str, Counter] = {}
+
+    def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
+        key = (method, route, status)
+        pair = self._http.get(key)
+        if pair is None:
+            pair = self._http[key] = (self.requests.labels(*key), self.latency.labels(*key))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def count_strategy(self, strategy: str) -> None:
+        counter = self._strategies.get(strategy)
+        if counter is None:
+            counter = self._strategies[strategy] = self.strategy.labels(strategy=strategy)
+        counter.inc()
+
     def set_model(self, version: str) -> None:
         for (previous,) in list(self.model_info._metrics):  # noqa: SLF001
             # multiprocess mode keeps values in files that clear() does not touch
@@ -156,6 +174,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
-            labels = (scope["method"], template, str(status[0]))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            self.metrics.observe_request(
+                scope["method"], template, str(status[0]), time.perf_counter() - start
+            )

@@ -321,7 +321,7 @@ async def answer(plans: list[Plan], engine: Engine, runtime: Runtime) -> list[st
 
     out = []
     for p in plans:
-        runtime.metrics.strategy.labels(strategy=p.strategy).inc()
+        runtime.metrics.count_strategy(p.strategy)
         if p.query is None:
             out.append(_render(engine, p, engine.popular(p.k, p.exclude, p.allowed), None))
         else:
