@@ -32,9 +32,9 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(False, help="Log every request."),
     loop: Loop = typer.Option(
-        Loop.auto,
+        Loop.asyncio,
         envvar="UVICORN_LOOP",
-        help="Event loop: auto (uvloop when installed), uvloop or asyncio.",
+        help="Event loop; asyncio measured faster than uvloop on /recommend (docs/BENCHMARKS.md).",
     ),
 ) -> None:
     """Run uvicorn on service.app:app."""
