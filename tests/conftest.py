@@ -40,6 +40,17 @@ def run_module(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_faiss_thread():
+    """One OpenMP thread: on a busy 2-core box FAISS's spinning threads slow tests 100x."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory) -> Path:
     """An artifacts root whose ``current`` is a freshly trained synthetic bundle (no index).

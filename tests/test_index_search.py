@@ -30,15 +30,6 @@ def clustered(n: int, d: int = 32, clusters: int = 40, seed: int = 0) -> np.ndar
     return (scale[labels, None] * (centers[labels] + noise)).astype(np.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    """One OpenMP thread: on a busy 2-core box FAISS's spinning threads slow tests 100x."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
     x = clustered(4200)

@@ -27,14 +27,6 @@ from training.bundle import (
 KINDS = ("flat", "hnsw", "ivf")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
 @pytest.fixture
 def bundle(trained_root: Path, tmp_path: Path) -> Path:
     """A private copy of the trained fixture bundle, before any index is built."""

@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -17,14 +16,6 @@ from training.bundle import ITEM_EMBEDDINGS, ITEMS, load_towers, read_manifest, 
 from training.model import feature_tensors
 
 KINDS = ("flat", "hnsw", "ivf")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture
