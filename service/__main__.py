@@ -38,12 +38,12 @@ def serve(
     ),
 ) -> None:
     """Run uvicorn on service.app:app."""
-    import uvicorn
+    from service.server import run
 
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # each worker writes its metrics here; /metrics aggregates them
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="towerrec-metrics-")
-    uvicorn.run(
+    run(
         "service.app:app",
         host=host,
         port=port,

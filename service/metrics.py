@@ -138,7 +138,8 @@ class Metrics:
         for (previous,) in list(self.model_info._metrics):  # noqa: SLF001
             # multiprocess mode keeps values in files that clear() does not touch
             self.model_info.labels(version=previous).set(0)
-        self.model_info.clear()
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # not implemented there (warns)
+            self.model_info.clear()
         self.model_info.labels(version=version).set(1)
         self.model_loaded.set(time.time())
 
