@@ -1,11 +1,11 @@
 """Answers rendered straight to JSON bytes.
 
 /recommend and /similar-items are the hot paths. Building one pydantic model per item
-and serialising them cost more than the index search, yet the item part of an answer
-(id, title, genres) never changes within a bundle: ``ItemFragments`` encodes it once per
-engine, and an answer is a join of those fragments and the scores. The pydantic models
-in ``service.schemas`` remain the contract (OpenAPI); tests validate rendered bodies
-against them.
+and serialising them was a visible share of a cache hit (~25 µs of ~400), yet the item
+part of an answer (id, title, genres) never changes within a bundle: ``ItemFragments``
+encodes it once per engine, and an answer is a join of those fragments and the scores.
+The pydantic models in ``service.schemas`` remain the contract (OpenAPI); tests validate
+rendered bodies against them.
 """
 
 from __future__ import annotations

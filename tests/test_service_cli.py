@@ -188,3 +188,21 @@ def test_serve_runs_uvicorn_with_two_workers(served_root, redis_server, tmp_path
         assert hits == 5  # aggregated over both workers
     finally:
         stop(proc)
+
+
+def test_serve_loop_option_reaches_uvicorn(monkeypatch):
+    """`--loop` / UVICORN_LOOP pick the event loop; asyncio is the default (measured faster)."""
+    from typer.testing import CliRunner
+
+    import service.server
+    from service.__main__ import cli
+
+    seen = []
+    monkeypatch.setattr(service.server, "run", lambda app, **kw: seen.append(kw["loop"]))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["serve"]).exit_code == 0
+    assert runner.invoke(cli, ["serve", "--loop", "uvloop"]).exit_code == 0
+    assert runner.invoke(cli, ["serve"], env={"UVICORN_LOOP": "uvloop"}).exit_code == 0
+    assert seen == ["asyncio", "uvloop", "uvloop"]
+    bad = runner.invoke(cli, ["serve", "--loop", "nope"])
+    assert bad.exit_code == 2 and "asyncio" in bad.output
