@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI
 from service.config import Settings
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, docs, events, health, items, recommend
+from service.routes.lean import LeanDispatch
 from service.runtime import Runtime
 from service.security import BodySizeLimitMiddleware, require_api_key
 
@@ -71,6 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(docs.build_router([] if settings.public_docs else protected))
 
+    # first added = innermost: metrics and the body limit still see every request
+    app.add_middleware(
+        LeanDispatch, routes=recommend.router.routes, exception_handlers=app.exception_handlers
+    )
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

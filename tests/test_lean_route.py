@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from service.app import create_app
 from service.config import Settings
-from service.routes.lean import LeanRoute
+from service.routes.lean import LeanDispatch, LeanRoute
 from service.schemas import RecommendRequest
 
 
@@ -34,3 +37,56 @@ def test_endpoints_must_take_exactly_a_body_model_and_the_request():
     for endpoint in (query_params, no_request):
         with pytest.raises(TypeError, match="LeanRoute endpoint"):
             router.post("/x")(endpoint)
+
+
+def dispatched_app(root_path: str = "") -> FastAPI:
+    """A LeanRoute behind LeanDispatch, an ordinary route, and a custom 422 handler."""
+    app = FastAPI(root_path=root_path)
+    app.state.settings = Settings(artifacts_dir="/nonexistent")  # no API key
+    router = APIRouter(route_class=LeanRoute)
+
+    @router.post("/echo")
+    async def echo(body: RecommendRequest, request: Request) -> Response:
+        scope = request.scope  # the router would have put itself in the scope
+        return JSONResponse(
+            {"k": body.k, "route": scope["route"].path, "router": "router" in scope}
+        )
+
+    @app.get("/plain")
+    async def plain() -> dict:
+        return {"plain": True}
+
+    @app.exception_handler(RequestValidationError)
+    async def custom_422(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"custom": [list(e["loc"]) for e in exc.errors()]}, status_code=422)
+
+    app.include_router(router)
+    app.add_middleware(
+        LeanDispatch, routes=router.routes, exception_handlers=app.exception_handlers
+    )
+    return app
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_dispatch_answers_lean_routes_and_passes_everything_else_on(anyio_backend):
+    transport = httpx.ASGITransport(app=dispatched_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.post("/echo", json={"k": 3})
+        assert r.json() == {"k": 3, "route": "/echo", "router": False}
+        # the route's errors go through the app's exception handlers
+        r = await client.post("/echo", json={"k": "x"})
+        assert (r.status_code, r.json()) == (422, {"custom": [["body", "k"]]})
+        # other methods and paths are the router's: 405, 200, 404
+        assert (await client.get("/echo")).status_code == 405
+        assert (await client.get("/plain")).json() == {"plain": True}
+        assert (await client.post("/echo/x", json={})).status_code == 404
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_dispatch_matches_paths_below_the_root_path(anyio_backend):
+    transport = httpx.ASGITransport(app=dispatched_app(root_path="/api"))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.post("/api/echo", json={"k": 4})
+        assert r.json() == {"k": 4, "route": "/echo", "router": False}

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from training import losses
@@ -41,6 +42,7 @@ class TrainConfig:
     branch_dropout: float = 0.15  # per user: hide features (or sequence) with this probability
     item_id_dropout: float = 0.05  # per step: embed this share of items from features alone
     patience: int = 15  # epochs without validation NDCG@10 improvement before stopping
+    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
     seed: int = 0
 
 
@@ -178,6 +180,14 @@ class Trainer:
         )
         self.batcher = Batcher(split.train, model.cfg.max_len, cfg.seed + rank)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.average = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None
+        )
+
+    @property
+    def evaluated(self) -> TwoTower:
+        """The weights that are validated and kept: the running average when there is one."""
+        return self.average.module if self.average is not None else self.model
 
     def train_epoch(self, users: np.ndarray) -> float:
         self.step.train()
@@ -188,6 +198,8 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
             self.opt.step()
+            if self.average is not None:
+                self.average.update_parameters(self.model)
             total, steps = total + loss.item(), steps + 1
         return total / max(steps, 1)
 
@@ -218,7 +230,7 @@ class Trainer:
         for epoch in bar:
             t0 = time.perf_counter()
             loss = self.train_epoch(shard)
-            metrics = evaluate(self.model)
+            metrics = evaluate(self.evaluated)
             ndcg, hr = metrics["NDCG@10"], metrics["HR@10"]
             for key, value in (
                 ("epoch", epoch + 1),
@@ -229,7 +241,7 @@ class Trainer:
             ):
                 getattr(history, key).append(value)
             if ndcg > best:
-                best, best_state, stale = ndcg, copy.deepcopy(self.model.state_dict()), 0
+                best, best_state, stale = ndcg, copy.deepcopy(self.evaluated.state_dict()), 0
             else:
                 stale += 1
             bar.set_postfix(loss=f"{loss:.3f}", ndcg10=f"{ndcg:.4f}", best=f"{best:.4f}")
@@ -256,6 +268,7 @@ class Trainer:
             {
                 "epoch": epoch,
                 "model": self.model.state_dict(),
+                "average": self.average.state_dict() if self.average is not None else None,
                 "opt": self.opt.state_dict(),
                 "history": asdict(history),
                 "best": best,
@@ -271,6 +284,8 @@ class Trainer:
     def load_checkpoint(self, path: Path):
         state = torch.load(path, weights_only=True)
         self.model.load_state_dict(state["model"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         self.opt.load_state_dict(state["opt"])
         self.objective.gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator

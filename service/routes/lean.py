@@ -52,17 +52,60 @@ class LeanRoute(APIRoute):
         self.body_model: type[BaseModel] = model
 
     def get_route_handler(self):
-        async def handle(request: Request) -> Response:
-            check_api_key(request)
-            raw = await request.body()
-            if not raw.strip():
-                raise RequestValidationError(
-                    [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
-                )
-            try:
-                body = self.body_model.model_validate_json(raw)
-            except ValidationError as e:
-                raise RequestValidationError(body_errors(e)) from None
-            return await self.endpoint(body, request)
+        return self.respond
 
-        return handle
+    async def respond(self, request: Request) -> Response:
+        check_api_key(request)
+        raw = await request.body()
+        if not raw.strip():
+            raise RequestValidationError(
+                [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+            )
+        try:
+            body = self.body_model.model_validate_json(raw)
+        except ValidationError as e:
+            raise RequestValidationError(body_errors(e)) from None
+        return await self.endpoint(body, request)
+
+
+class LeanDispatch:
+    """Pure ASGI, the innermost of the app's middleware: sends a request for a LeanRoute
+    straight to it, by a dict lookup on (method, path).
+
+    FastAPI's router tries the routes one by one and wraps each call in exception and
+    exit-stack layers; for a cache-hit /recommend that cost about as much as the answer
+    itself. Lean routes have static paths and no dependencies, so none of it is needed:
+    the route's errors become responses through the app's own exception handlers, as
+    FastAPI's ExceptionMiddleware would do, and everything else goes to the router.
+    """
+
+    def __init__(self, app, routes: list[LeanRoute], exception_handlers: dict):
+        self.app, self.exception_handlers = app, exception_handlers
+        self.routes = {(method, route.path): route for route in routes for method in route.methods}
+
+    async def __call__(self, scope, receive, send):
+        route = None
+        if scope["type"] == "http":
+            route = self.routes.get((scope["method"], route_path(scope)))
+        if route is None:
+            return await self.app(scope, receive, send)
+        scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, {}
+        request = Request(scope, receive)
+        try:
+            response = await route.respond(request)
+        except Exception as exc:
+            handler = self.handler_for(exc)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
+
+    def handler_for(self, exc: Exception):
+        handlers = self.exception_handlers
+        return next((handlers[c] for c in type(exc).__mro__ if c in handlers), None)
+
+
+def route_path(scope) -> str:
+    """The path the router matches: without the ``root_path`` a proxy mounted us under."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
