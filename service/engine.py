@@ -93,9 +93,9 @@ class Engine:
         self.cfg = TowerConfig.from_dict(self.manifest["model"])
         self.tower = bundle.load_towers(self.path).user_tower.eval()
         self.index = ItemIndex.load(self.path, mmap=mmap, threads=faiss_threads)
-        if self.index.dim != self.cfg.dim:
+        if self.index.dim != self.cfg.vector_dim:
             raise BundleError(
-                f"{self.path}: index dim {self.index.dim} != model dim {self.cfg.dim}"
+                f"{self.path}: index dim {self.index.dim} != model dim {self.cfg.vector_dim}"
             )
         self.specs: list[FeatureSpec] = self.cfg.specs("user")
         self.spec_by_name = {s.name: s for s in self.specs}
@@ -158,9 +158,8 @@ class Engine:
                     mask |= self.genres[g]
             mask &= self._active_mask
             ids = np.flatnonzero(mask)
-            vectors = (
-                self.index.vectors(ids) if len(ids) else np.zeros((0, self.cfg.dim), np.float32)
-            )
+            dim = self.cfg.vector_dim
+            vectors = self.index.vectors(ids) if len(ids) else np.zeros((0, dim), np.float32)
             scale = None
             if self.index.normalized and len(ids):
                 norms = np.linalg.norm(vectors, axis=1)
@@ -202,7 +201,7 @@ class Engine:
     # --- compute (runs on the compute thread) -------------------------------------------
     def encode(self, queries: list[Query]) -> np.ndarray:
         """One user-tower forward pass for all queries -> float32 [n, d]."""
-        n, d = len(queries), self.cfg.dim
+        n, d = len(queries), self.cfg.vector_dim
         feats = seq = lengths = user_ids = None
         if self.has_features:
             feats = feature_tensors(self.specs, [q.features for q in queries])

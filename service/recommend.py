@@ -255,7 +255,7 @@ async def plan(
     if p.query is None:
         p.cache = "off"
     elif raw is not None:
-        p.vector = from_bytes(raw, engine.cfg.dim)
+        p.vector = from_bytes(raw, engine.cfg.vector_dim)
         if p.vector is None:
             p.cache = "miss"
     if p.cache == "hit":

@@ -178,9 +178,12 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     assert two["NDCG@10"] == pytest.approx(one["NDCG@10"], rel=0.15)
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
-    """Deterministic on CPU: 2 + 2 resumed epochs give the same weights as 4 straight."""
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9", "--members", "2"]], ids=["plain", "ema"])
+def test_resume_continues_exactly_where_it_stopped(tmp_path, extra):
+    """Deterministic on CPU: 2 + 2 resumed epochs give the same weights as 4 straight
+    (with --ema, the running average and every ensemble member's checkpoint too)."""
     args = [
+        *extra,
         "--dataset",
         "synthetic",
         "--no-baselines",
@@ -215,3 +218,55 @@ def test_sampled_softmax_trains_a_useful_model(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     models = bundle.load_json(tmp_path / "out", bundle.REPORT_JSON)["models"]
     assert models["gru"]["test"]["NDCG@10"] > 2 * models["popularity"]["test"]["NDCG@10"]
+
+
+def test_members_train_an_ensemble_that_serves_as_one_model(tmp_path):
+    """--members 2: two towers (seeds 0 and 1), one bundle whose vectors are the members'
+    concatenated, so the served inner product is the sum of the members' scores."""
+    import asyncio
+
+    from test_service_support import serve, settings
+
+    from index import build_index
+    from service.engine import Engine, Query
+
+    args = ["--dataset", "synthetic", "--encoder", "sasrec", "--epochs", "3", "--dim", "16"]
+    r = train_cli(tmp_path, *args, "--members", "2", "--no-progress", "--no-baselines")
+    assert r.returncode == 0, r.stderr
+    current = bundle.resolve(tmp_path)
+    manifest = bundle.read_manifest(current)
+    assert manifest["model"]["members"] == 2 and manifest["dims"]["embedding"] == 32
+    report = bundle.load_json(current, bundle.REPORT_JSON)
+    assert report["models"]["sasrec"]["epochs"] == [3, 3]
+
+    model = bundle.load_towers(current)
+    items = bundle.load_json(current, bundle.ITEMS)
+    feats = feature_tensors(model.cfg.specs("item"), [it["features"] for it in items])
+    ids = torch.arange(1, len(items) + 1)
+    seq_ids = torch.tensor([[4, 9, 2, 0], [7, 1, 0, 0]])
+    lengths = torch.tensor([3, 2])
+    with torch.inference_mode():
+        item_vectors = model.item_tower(ids, feats)
+        users = model.user_tower(seq=item_vectors[seq_ids], lengths=lengths)
+        summed = sum(
+            member_user(seq=member_item(ids, feats)[seq_ids], lengths=lengths)
+            @ member_item(ids, feats).T
+            for member_user, member_item in zip(
+                model.user_tower.members, model.item_tower.members, strict=True
+            )
+        )
+    assert torch.allclose(users @ item_vectors.T, summed, atol=1e-5)
+
+    build_index(current)
+    engine = Engine(current)
+    vector = engine.encode([Query(features={}, sequence=[4, 9, 2])])
+    assert vector.shape == (1, 32)
+
+    async def recommend() -> dict:
+        async with serve(settings(tmp_path)) as (client, _):
+            r = await client.post("/recommend", json={"recent_items": [items[4]["id"]], "k": 5})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+    body = asyncio.run(recommend())
+    assert body["strategy"] == "sequence" and len(body["items"]) == 5

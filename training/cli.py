@@ -45,11 +45,28 @@ def train(
     n_layers: Annotated[int, Opt(help="Self-attention layers (sasrec).")] = None,
     dropout: Annotated[float, Opt(help="Dropout inside the towers.")] = None,
     user_id_embedding: Annotated[bool, Opt(help="Add a known-user id embedding.")] = None,
+    members: Annotated[
+        int,
+        Opt(
+            min=1,
+            help="Train this many towers (seeds seed, seed+1, ...) and serve their "
+            "ensemble: vectors concatenated, scores summed.",
+        ),
+    ] = None,
     epochs: Annotated[int, Opt(help="Maximum epochs (early stopping decides).")] = None,
     batch_size: Annotated[int, Opt(help="Users per step.")] = None,
     lr: Annotated[float, Opt(help="AdamW learning rate.")] = None,
     loss: Annotated[str, Opt(help="full | sampled | auto (full softmax up to 20k items).")] = None,
     patience: Annotated[int, Opt(help="Epochs without validation gain before stopping.")] = None,
+    ema: Annotated[
+        float,
+        Opt(
+            min=0.0,
+            max=0.9999,
+            help="Validate and keep an exponential moving average of the weights with this "
+            "decay per step (0 = off).",
+        ),
+    ] = None,
     seed: Annotated[int, Opt(help="Random seed (runs are deterministic on CPU).")] = None,
     threads: Annotated[int, Opt(help="torch CPU threads.")] = None,
     baselines: Annotated[

@@ -64,7 +64,7 @@ def export_bundle(
         "dataset": dataset,
         "config": train_config,
         "model": model.cfg.to_dict() | {"score": "inner_product"},
-        "dims": {"embedding": model.cfg.dim, "items": len(items), "users": len(users)},
+        "dims": {"embedding": model.cfg.vector_dim, "items": len(items), "users": len(users)},
         "metrics": metrics or {},
         "index": None,
     } | (extra or {})

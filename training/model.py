@@ -12,13 +12,15 @@ User tower: the sum of up to three branches, any of which may be absent:
             learned BOS vector, through a GRU (GRU4Rec-style) or causal self-attention
             (SASRec-style); every position predicts the next item
   user id   an embedding for users known at training time (classic DSSM/NCF)
+Ensemble (``members > 1``): independently trained towers whose vectors are concatenated,
+so their scores add up under one inner product.
 Sequences are right-padded: both encoders are causal, so a valid position never sees the
 padding after it and no padding mask is needed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -42,6 +44,15 @@ class TowerConfig:
     user_id_embedding: bool = False
     user_features: list[dict] = field(default_factory=list)  # FeatureSpec.to_dict()
     item_features: list[dict] = field(default_factory=list)
+    members: int = 1  # > 1: an ensemble of independently trained towers (see Ensemble)
+
+    @property
+    def vector_dim(self) -> int:
+        """Size of the vectors the towers output (what the index and the cache hold)."""
+        return self.dim * self.members
+
+    def member(self) -> TowerConfig:
+        return replace(self, members=1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,12 +202,63 @@ class UserTower(nn.Module):
         return torch.stack(parts).sum(0)
 
 
+class ItemEnsemble(nn.Module):
+    def __init__(self, members: list[ItemTower]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, ids: torch.Tensor, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([m(ids, feats) for m in self.members], dim=-1)
+
+
+class UserEnsemble(nn.Module):
+    """Members' user vectors concatenated. A sequence comes as the ensemble's item vectors,
+    whose i-th slice of ``dim`` columns is member i's item vector."""
+
+    def __init__(self, members: list[UserTower]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    # Every member has the same branches (one config).
+    features = property(lambda self: self.members[0].features)
+    encoder = property(lambda self: self.members[0].encoder)
+    user_ids = property(lambda self: self.members[0].user_ids)
+
+    def forward(self, feats=None, seq=None, lengths=None, user_ids=None) -> torch.Tensor:
+        n = len(self.members)
+        seqs = seq.chunk(n, dim=-1) if seq is not None else [None] * n
+        return torch.cat(
+            [m(feats, s, lengths, user_ids) for m, s in zip(self.members, seqs, strict=True)],
+            dim=-1,
+        )
+
+
 class TwoTower(nn.Module):
+    """The two towers. With ``cfg.members > 1``, an ensemble of independently trained
+    two-tower models in one: each tower concatenates its members' vectors, so the inner
+    product is the sum of the members' scores and the index serves it unchanged."""
+
     def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
-        self.item_tower = ItemTower(cfg)
-        self.user_tower = UserTower(cfg)
+        if cfg.members == 1:
+            self.item_tower: nn.Module = ItemTower(cfg)
+            self.user_tower: nn.Module = UserTower(cfg)
+        else:
+            single = cfg.member()
+            self.item_tower = ItemEnsemble([ItemTower(single) for _ in range(cfg.members)])
+            self.user_tower = UserEnsemble([UserTower(single) for _ in range(cfg.members)])
+
+    @classmethod
+    def ensemble(cls, members: list[TwoTower]) -> TwoTower:
+        """One model from separately trained single models of the same configuration."""
+        if len(members) == 1:
+            return members[0]
+        model = cls(replace(members[0].cfg, members=len(members)))
+        for i, member in enumerate(members):
+            model.item_tower.members[i].load_state_dict(member.item_tower.state_dict())
+            model.user_tower.members[i].load_state_dict(member.user_tower.state_dict())
+        return model.train(members[0].training)
 
 
 def feature_tensors(specs: list[FeatureSpec], rows: list[dict]) -> dict[str, torch.Tensor]:

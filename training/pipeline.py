@@ -9,7 +9,7 @@ import resource
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class RunConfig:
     n_heads: int = 2
     dropout: float = 0.3
     user_id_embedding: bool = False
+    members: int = 1  # towers trained with seeds seed, seed+1, ... and served as one ensemble
     baselines: bool = True
     threads: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -116,13 +117,21 @@ class Run:
         model.train()
         return metrics
 
-    def train(self, encoder: str, checkpoint: Path | None, progress: bool):
-        torch.manual_seed(self.cfg.train.seed)
-        model = TwoTower(self.tower_config(encoder))
-        trainer = Trainer(model, self.split, self.item_feats, self.user_feats, self.cfg.train)
-        start = time.perf_counter()
-        history = trainer.fit(self.valid_metrics, progress=progress, checkpoint=checkpoint)
-        return model.eval(), history, time.perf_counter() - start
+    def train(
+        self, encoder: str, checkpoint: Path | None, progress: bool
+    ) -> tuple[TwoTower, list[History], float]:
+        """Train ``members`` towers (seeds seed, seed+1, ...), each with early stopping on
+        its own validation NDCG; more than one are served as their ensemble."""
+        members, histories, start = [], [], time.perf_counter()
+        for m in range(self.cfg.members):
+            train_cfg = replace(self.cfg.train, seed=self.cfg.train.seed + m)
+            torch.manual_seed(train_cfg.seed)
+            model = TwoTower(self.tower_config(encoder))
+            trainer = Trainer(model, self.split, self.item_feats, self.user_feats, train_cfg)
+            ckpt = checkpoint.with_stem(f"{checkpoint.stem}-{m}") if checkpoint else None
+            histories.append(trainer.fit(self.valid_metrics, progress=progress, checkpoint=ckpt))
+            members.append(model)
+        return TwoTower.ensemble(members).eval(), histories, time.perf_counter() - start
 
     def report_entry(self, model: TwoTower, mode: str = "combined") -> dict:
         scorer = self.scorer(model, mode)
@@ -219,11 +228,13 @@ def run(
             if checkpoint_dir
             else None
         )
-        model, histories[encoder], seconds = r.train(encoder, ckpt, progress)
+        model, member_histories, seconds = r.train(encoder, ckpt, progress)
         trained[encoder] = model
+        for m, history in enumerate(member_histories):
+            histories[encoder if len(member_histories) == 1 else f"{encoder} #{m + 1}"] = history
         models[encoder] = r.report_entry(model) | {
             "train_seconds": seconds,
-            "epochs": len(histories[encoder].epoch),
+            "epochs": [len(h.epoch) for h in member_histories],
         }
         log.info(
             "%s: valid NDCG@10 %.4f, test NDCG@10 %.4f (%.0f s)",
