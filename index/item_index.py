@@ -182,7 +182,7 @@ class ItemIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         q = self._queries(user_vectors)
         banned = self._exclusions(exclude, len(q))
-        if not any(len(b) for b in banned) and not len(self._tombstones):
+        if not any(banned) and not len(self._tombstones):
             ids, scores = self._faiss(q, min(k, self._ntotal))
             ids, scores = _pad(ids, scores, k)
         elif self.exclusion == "selector":
@@ -203,15 +203,22 @@ class ItemIndex:
             raise ValueError(f"query vectors must be [n, {self.dim}], got {q.shape}")
         return factory.prepare(q, self.normalized)
 
-    def _exclusions(self, exclude: Sequence[Iterable[int]] | None, n: int) -> list[np.ndarray]:
+    def _exclusions(self, exclude: Sequence[Iterable[int]] | None, n: int) -> list[set[int]]:
+        """Each row's banned internal ids as a set (ids outside the catalog dropped).
+
+        Sets, because the common path (over-fetch, then filter) needs membership tests;
+        callers' sets are used as they are, not copied.
+        """
         if exclude is None:
-            return [np.empty(0, dtype=np.int64)] * n
+            return [set()] * n
         if len(exclude) != n:
             raise ValueError(f"exclude has {len(exclude)} sets for {n} queries")
-        out = []
+        size, out = len(self._items), []
         for ids in exclude:
-            arr = np.unique(np.fromiter(ids, dtype=np.int64))
-            out.append(arr[(arr >= 0) & (arr < len(self._items))])
+            banned = ids if isinstance(ids, set | frozenset) else set(ids)
+            if banned and (min(banned) < 0 or max(banned) >= size):
+                banned = {i for i in banned if 0 <= i < size}
+            out.append(banned)
         return out
 
     def _faiss(
@@ -225,7 +232,7 @@ class ItemIndex:
         return ids, scores
 
     def _search_overfetch(
-        self, q: np.ndarray, k: int, banned: list[np.ndarray]
+        self, q: np.ndarray, k: int, banned: list[set[int]]
     ) -> tuple[np.ndarray, np.ndarray]:
         """One batched call for enough neighbours to survive the filter, then filter.
 
@@ -238,7 +245,6 @@ class ItemIndex:
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         active = self._active if len(self._tombstones) else None
         for row, (row_ids, skip) in enumerate(zip(found_ids.tolist(), banned, strict=True)):
-            skip = set(skip.tolist())
             keep = [
                 j
                 for j, i in enumerate(row_ids)
@@ -249,23 +255,23 @@ class ItemIndex:
         return ids, scores
 
     def _search_selector(
-        self, q: np.ndarray, k: int, banned: list[np.ndarray]
+        self, q: np.ndarray, k: int, banned: list[set[int]]
     ) -> tuple[np.ndarray, np.ndarray]:
         """One call per query that has exclusions, FAISS skipping them via an IDSelector."""
         ids = np.full((len(q), k), -1, dtype=np.int64)
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         kk = min(k, self._ntotal)
-        plain = [i for i, b in enumerate(banned) if not len(b)] if not len(self._tombstones) else []
+        plain = [i for i, b in enumerate(banned) if not b] if not len(self._tombstones) else []
         if plain:
             ids[plain, :kk], scores[plain, :kk] = self._faiss(q[plain], kk)
         for i in sorted(set(range(len(q))) - set(plain)):
-            skip = np.union1d(banned[i], self._tombstones)
+            skip = np.union1d(as_array(banned[i]), self._tombstones)
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(skip))
             ids[i, :kk], scores[i, :kk] = self._faiss(q[i : i + 1], kk, selector)
         return ids, scores
 
     def _complete(
-        self, q: np.ndarray, k: int, banned: list[np.ndarray], ids: np.ndarray, scores: np.ndarray
+        self, q: np.ndarray, k: int, banned: list[set[int]], ids: np.ndarray, scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Refill, by exact scan, rows the ANN index returned fewer results for than exist."""
         found = (ids >= 0).sum(axis=1)
@@ -273,9 +279,10 @@ class ItemIndex:
             return ids, scores
         total = self.active_count
         for i in np.nonzero(found < k)[0]:
-            available = total - int(self._active[banned[i]].sum())
+            row_banned = as_array(banned[i])
+            available = total - int(self._active[row_banned].sum())
             if found[i] < min(k, available):
-                ids[i], scores[i] = self._exact(q[i], k, banned[i])
+                ids[i], scores[i] = self._exact(q[i], k, row_banned)
                 self.stats["exact_fallbacks"] += 1
         return ids, scores
 
@@ -297,6 +304,10 @@ class ItemIndex:
         out = np.full(k, -np.inf, dtype=np.float32)
         ids[:valid], out[:valid] = top, scores[top]
         return ids, out
+
+
+def as_array(ids: set[int]) -> np.ndarray:
+    return np.fromiter(ids, dtype=np.int64, count=len(ids))
 
 
 def _pad(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

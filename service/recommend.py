@@ -136,7 +136,7 @@ class Plan:
     query: Query | None = None
     cache_key: str | None = None
     history_key: str | None = None
-    history_fp: str | None = None
+    events: list[str] | None = None  # the event history the vector was computed from
     vector: np.ndarray | None = None
     cache: str = "off"
     unknown_items: list[str] = field(default_factory=list)
@@ -237,8 +237,7 @@ async def plan(
             )
             p.cache_key, p.cache = key, status
             if events is not None:
-                p.history_key = history.key(req.user_id)
-                p.history_fp = history_fingerprint(events)
+                p.history_key, p.events = history.key(req.user_id), events
         else:
             raw = None
     else:
@@ -313,7 +312,7 @@ async def answer(plans: list[Plan], engine: Engine, runtime: Runtime) -> list[st
                     p.cache_key,
                     to_bytes(by_plan[id(p)].vector),
                     history_key=p.history_key,
-                    history_fp=p.history_fp,
+                    history_fp=history_fingerprint(p.events) if p.history_key else None,
                 )
             )
     if writes:

@@ -16,7 +16,10 @@ from training import bundle
 from training.model import feature_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--epochs", "40", "--patience", "8", "--dim", "32", "--max-len", "20", "--no-progress"]
+QUICK = [
+    *("--epochs", "40", "--patience", "8", "--dim", "32", "--max-len", "20"),
+    *("--members", "1", "--no-progress"),
+]
 
 
 def train_cli(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

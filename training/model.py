@@ -135,11 +135,14 @@ class SASRec(nn.Module):
         self.layers = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim)
         self.dropout = nn.Dropout(cfg.dropout)
+        # Made once (not per call); not saved: it is not a weight.
+        causal = nn.Transformer.generate_square_subsequent_mask(cfg.max_len + 1)
+        self.register_buffer("causal", causal, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
         x = self.dropout(x + self.positions.weight[:length])
-        causal = nn.Transformer.generate_square_subsequent_mask(length, device=x.device)
+        causal = self.causal[:length, :length]
         return self.norm(self.layers(x, mask=causal, is_causal=True))
 
 

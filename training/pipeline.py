@@ -43,7 +43,7 @@ class RunConfig:
     n_heads: int = 2
     dropout: float = 0.3
     user_id_embedding: bool = False
-    members: int = 1  # towers trained with seeds seed, seed+1, ... and served as one ensemble
+    members: int = 2  # towers trained with seeds seed, seed+1, ... and served as one ensemble
     baselines: bool = True
     threads: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -42,7 +42,7 @@ class TrainConfig:
     branch_dropout: float = 0.15  # per user: hide features (or sequence) with this probability
     item_id_dropout: float = 0.05  # per step: embed this share of items from features alone
     patience: int = 15  # epochs without validation NDCG@10 improvement before stopping
-    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
+    ema: float = 0.99  # > 0: validate and keep an exponential moving average of the weights
     seed: int = 0
 
 
