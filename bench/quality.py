@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench._common import ROOT, machine, write_section
+from training.pipeline import RunConfig
 
 REFERENCE = {"popularity": (0.086, 0.045), "ease": (0.149, 0.072), "markov": (0.145, 0.079)}
 COLUMNS = ("HR@10", "NDCG@10", "HR@20", "Recall@20", "Coverage@10")
@@ -119,10 +120,7 @@ def verdict(runs: dict[str, dict]) -> list[str]:
     hr, ndcg = towers[best]["HR@10"], towers[best]["NDCG@10"]
     ratio = ndcg / first[base]["test"]["NDCG@10"]
     slowest = max(tower_entry(r)["train_seconds"] for r in runs.values())
-    feats = [
-        r["report"]["models"].get("features-only", {}).get("test", {}).get("NDCG@10")
-        for r in runs.values()
-    ]
+    feats = runs[best]["report"]["models"].get("features-only", {}).get("test", {}).get("NDCG@10")
     pop = first["popularity"]["test"]["NDCG@10"]
 
     def ok(flag: bool) -> str:
@@ -135,9 +133,8 @@ def verdict(runs: dict[str, dict]) -> list[str]:
         f"- {ratio:.2f}× the best baseline's NDCG@10 (`{base}`, "
         f"{first[base]['test']['NDCG@10']:.4f}; target ≥ 1.3×: {ok(ratio >= 1.3)})",
         f"- slowest tower training {slowest / 60:.1f} min (target ≤ 10 min: {ok(slowest <= 600)})",
-        "- features-only beats popularity: "
-        + ok(all(f is not None and f > pop for f in feats))
-        + f" (NDCG@10 {', '.join(f'{f:.4f}' for f in feats if f is not None)} vs {pop:.4f})",
+        f"- `{best}` features-only beats popularity: {ok(feats is not None and feats > pop)} "
+        f"(NDCG@10 {feats if feats is None else round(feats, 4)} vs {pop:.4f})",
     ]
 
 
@@ -146,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     p.add_argument("--encoders", default="sasrec,gru")
     p.add_argument(
-        "--members", default="1", help="ensemble sizes to train for each encoder, e.g. 1,2"
+        "--members",
+        default=str(RunConfig().members),
+        help="ensemble sizes to train for each encoder, e.g. 1,2 (default: the product's)",
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")

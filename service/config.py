@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # --- compute ------------------------------------------------------------------------
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads for the user tower.")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads of FAISS searches.")
+    traced_tower: bool = Field(
+        True,
+        description="Run the user tower as a TorchScript trace (checked against eager at "
+        "load; same outputs, ~2x faster per micro-batch).",
+    )
     microbatch: bool = Field(
         True, description="Run concurrent requests as one forward pass and one search."
     )

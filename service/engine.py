@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from service.render import ItemFragments
+from service.traced import TracedTower
 from training import bundle
 from training.bundle import BundleError
 from training.features import FeatureSpec
@@ -82,7 +83,9 @@ def bundle_stamp(path: str | Path) -> tuple[str, int, int]:
 
 
 class Engine:
-    def __init__(self, path: str | Path, *, faiss_threads: int = 1, mmap: bool = True):
+    def __init__(
+        self, path: str | Path, *, faiss_threads: int = 1, mmap: bool = True, traced: bool = True
+    ):
         from index import ItemIndex  # the index package owns the index files
 
         started = time.perf_counter()
@@ -102,6 +105,13 @@ class Engine:
         self.has_sequence = self.tower.encoder is not None
         self.has_features = self.tower.features is not None
         self.has_user_ids = self.tower.user_ids is not None
+        self.forward = (
+            TracedTower(
+                self.tower, self.specs, self.cfg.vector_dim, self.cfg.max_len, self.cfg.n_users
+            )  # fmt: skip
+            if traced
+            else self.tower
+        )
         self.item_ids: list[str] = list(self.index.item_ids)
         self.n_items = len(self.item_ids)
         self._internal = {ext: i for i, ext in enumerate(self.item_ids) if self.index.is_active(i)}
@@ -225,7 +235,7 @@ class Engine:
         if self.has_user_ids:
             user_ids = torch.tensor([q.user_index for q in queries], dtype=torch.long)
         with torch.inference_mode():
-            out = self.tower(feats, seq, lengths, user_ids)
+            out = self.forward(feats, seq, lengths, user_ids)
         return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
 
     def _search_subset(

@@ -124,7 +124,12 @@ class Runtime:
     # --- reloads ------------------------------------------------------------------------
     def _load(self) -> Engine:
         s = self.settings
-        return Engine(s.artifacts_dir, faiss_threads=s.faiss_threads, mmap=s.index_mmap)
+        return Engine(
+            s.artifacts_dir,
+            faiss_threads=s.faiss_threads,
+            mmap=s.index_mmap,
+            traced=s.traced_tower,
+        )
 
     async def reload(self, *, force: bool = False) -> ReloadResult:
         async with self._reload_lock:
