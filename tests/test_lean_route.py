@@ -39,9 +39,9 @@ def test_endpoints_must_take_exactly_a_body_model_and_the_request():
             router.post("/x")(endpoint)
 
 
-def dispatched_app(root_path: str = "") -> FastAPI:
+def dispatched_app() -> FastAPI:
     """A LeanRoute behind LeanDispatch, an ordinary route, and a custom 422 handler."""
-    app = FastAPI(root_path=root_path)
+    app = FastAPI()
     app.state.settings = Settings(artifacts_dir="/nonexistent")  # no API key
     router = APIRouter(route_class=LeanRoute)
 
@@ -86,7 +86,7 @@ async def test_dispatch_answers_lean_routes_and_passes_everything_else_on(anyio_
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_dispatch_matches_paths_below_the_root_path(anyio_backend):
-    transport = httpx.ASGITransport(app=dispatched_app(root_path="/api"))
+    transport = httpx.ASGITransport(app=dispatched_app(), root_path="/api")  # as --root-path
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         r = await client.post("/api/echo", json={"k": 4})
         assert r.json() == {"k": 4, "route": "/echo", "router": False}
