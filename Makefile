@@ -49,6 +49,7 @@ bench: install redis-server
 	$(BIN)/python -m bench.quality
 	$(BIN)/python -m bench.index
 	$(BIN)/python -m bench.load
+	$(BIN)/python -m bench.tower
 
 lint: install
 	$(BIN)/ruff check service training index tests bench

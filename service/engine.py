@@ -108,7 +108,7 @@ class Engine:
         self.forward = (
             TracedTower(
                 self.tower, self.specs, self.cfg.vector_dim, self.cfg.max_len, self.cfg.n_users
-            )  # fmt: skip
+            )
             if traced
             else self.tower
         )

@@ -2,11 +2,12 @@
 
 A cache miss runs the user tower on a micro-batch of a few short sequences. In eager
 PyTorch most of that time is Python (module calls, mask and shape handling); the traced
-graph runs the same kernels from C++ and gave identical outputs 2–2.7× faster on the
-ML-100K ensemble (batches of 1–16, docs/BENCHMARKS.md). ``torch.jit.trace`` is deprecated
-in favour of ``torch.export``, but an exported module measured slower than eager here
-and ``torch.compile`` needs a C++ toolchain and seconds of compilation per shape, so the
-trace is used while the pinned torch has it.
+graph runs the same kernels from C++: identical outputs, 1.8–3× faster per encode for
+micro-batches of 1–16 on the ML-100K ensemble (``python -m bench.tower``).
+``torch.jit.trace`` is deprecated in favour of ``torch.export``, but an exported module
+measured slower than eager here (2.0 vs 1.3 ms for one user); ``torch.compile`` was not
+tried (it compiles per input shape and needs a C++ toolchain at run time). So the trace is
+used while the pinned torch has it.
 
 A trace records one path through the code. The engine always passes the same inputs (the
 branches its tower has), so one graph is traced per loaded bundle, then checked against
@@ -84,12 +85,12 @@ class TracedTower:
     """Callable like the user tower (``feats, seq, lengths, user_ids``), for an engine that
     always passes the same kinds of input."""
 
-    def __init__(self, tower: nn.Module, specs: list[FeatureSpec], dim: int, max_len: int,
-                 users: int):  # fmt: skip
+    def __init__(
+        self, tower: nn.Module, specs: list[FeatureSpec], dim: int, max_len: int, users: int
+    ):
         self.tower = tower
         self.names = [s.name for s in specs]
-        self.has = (tower.features is not None, tower.encoder is not None,
-                    tower.user_ids is not None)  # fmt: skip
+        self.has = tuple(b is not None for b in (tower.features, tower.encoder, tower.user_ids))
         self.graph: torch.jit.ScriptModule | None = None
         self.reason = "not traced"
         try:
@@ -103,10 +104,8 @@ class TracedTower:
         module = _Positional(self.tower, self.names, self.has).eval()
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation + "might not generalise": checked below
-            graph = torch.jit.trace(
-                module, flatten(example(specs, self.has, 4, 3, dim, users), self.names),
-                check_trace=False,
-            )  # fmt: skip
+            first = flatten(example(specs, self.has, 4, 3, dim, users), self.names)
+            graph = torch.jit.trace(module, first, check_trace=False)
             for n, length in ((1, 0), (7, max_len), (2, 1)):
                 inputs = example(specs, self.has, n, length, dim, users)
                 want, got = self.tower(*inputs), graph(*flatten(inputs, self.names))

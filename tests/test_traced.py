@@ -50,3 +50,23 @@ def test_a_tower_whose_trace_disagrees_runs_eager():
     assert tower.graph is None and "differs from eager" in tower.reason
     seq, lengths = torch.randn(2, 5, 4), torch.tensor([1, 2])
     assert torch.equal(tower(None, seq, lengths, None), ShapeDependent()(None, seq, lengths, None))
+
+
+def test_traced_tower_setting_switches_the_engine(served_root):
+    """TRACED_TOWER (Settings.traced_tower) picks the traced or the eager tower at load;
+    both answer /recommend."""
+    import asyncio
+
+    from test_service_support import serve, settings
+
+    item = bundle.load_json(bundle.resolve(served_root), bundle.ITEMS)[3]["id"]
+
+    async def forward_kind(traced: bool) -> str:
+        async with serve(settings(served_root, traced_tower=traced)) as (client, app):
+            r = await client.post("/recommend", json={"recent_items": [item], "k": 3})
+            assert r.status_code == 200, r.text
+            engine = app.state.runtime.engine
+            return "eager" if engine.forward is engine.tower else engine.forward.reason
+
+    assert asyncio.run(forward_kind(True)) == "traced"
+    assert asyncio.run(forward_kind(False)) == "eager"
