@@ -5,7 +5,7 @@ returned, and a row is padded with ``-1`` / ``-inf`` only when the catalog minus
 exclusions has fewer than ``k`` items. Exclusions are applied in one of two ways:
 
 - ``overfetch``: one batched FAISS call for ``k + max|exclude| + tombstones`` neighbours,
-  then a vectorised filter keeps the first ``k`` allowed ids per row.
+  then a filter keeps the first ``k`` allowed ids per row.
 - ``selector``: one FAISS call per query with ``IDSelectorNot(IDSelectorBatch(excluded))``
   in the search parameters, so FAISS skips the ids while scanning.
 
@@ -28,6 +28,8 @@ from index import factory, store
 from index.errors import UnknownItemError
 from index.factory import IndexSpec
 from index.store import Snapshot
+
+Row = tuple[list[int], list[float]]  # one query's result: internal ids and scores, best first
 
 STRATEGIES = ("overfetch", "selector")
 # docs/BENCHMARKS.md, "Excluding seen items": over-fetch was faster for batches of 64 in 22
@@ -176,20 +178,32 @@ class ItemIndex:
 
         ``exclude[i]`` is a set of internal ids row ``i`` must not return (seen items).
         Scores are inner products (cosines when the index is normalised: queries are
-        normalised here the same way).
+        normalised here the same way). Rows are padded with ``-1`` / ``-inf``.
         """
+        rows = self.search_rows(user_vectors, k, exclude)
+        ids = np.full((len(rows), k), -1, dtype=np.int64)
+        scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        for row, (row_ids, row_scores) in enumerate(rows):
+            ids[row, : len(row_ids)] = row_ids
+            scores[row, : len(row_scores)] = row_scores
+        return ids, scores
+
+    def search_rows(
+        self, user_vectors: np.ndarray, k: int, exclude: Sequence[Iterable[int]] | None = None
+    ) -> list[Row]:
+        """``search`` as one ``(ids, scores)`` pair of lists per query, best first, shorter
+        than ``k`` only when too few items are left. What the service reads: its answers
+        are lists, and building and unpacking padded arrays cost more than a single-user
+        search itself (docs/BENCHMARKS.md, "Load")."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         q = self._queries(user_vectors)
         banned = self._exclusions(exclude, len(q))
-        if not any(banned) and not len(self._tombstones):
-            ids, scores = self._faiss(q, min(k, self._ntotal))
-            ids, scores = _pad(ids, scores, k)
-        elif self.exclusion == "selector":
-            ids, scores = self._search_selector(q, k, banned)
+        if self.exclusion == "selector" and (any(banned) or len(self._tombstones)):
+            rows = self._search_selector(q, k, banned)
         else:
-            ids, scores = self._search_overfetch(q, k, banned)
-        return self._complete(q, k, banned, ids, scores)
+            rows = self._search_overfetch(q, k, banned)
+        return self._complete(q, k, banned, rows)
 
     def similar(self, external_id: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Items nearest to ``external_id``'s own vector, itself excluded: ids [k], scores [k]."""
@@ -224,71 +238,72 @@ class ItemIndex:
     def _faiss(
         self, q: np.ndarray, kk: int, selector: faiss.IDSelector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw FAISS results: ids [n, kk] (``-1`` where FAISS found nothing), scores."""
         if kk == 0:
             return np.empty((len(q), 0), np.int64), np.empty((len(q), 0), np.float32)
         params = factory.search_parameters(self.spec, kk, selector)
         scores, ids = self._index.search(q, kk, params=params)
-        scores[ids < 0] = -np.inf
         return ids, scores
 
-    def _search_overfetch(
-        self, q: np.ndarray, k: int, banned: list[set[int]]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One batched call for enough neighbours to survive the filter, then filter.
+    def _keep(
+        self, found_ids: np.ndarray, found_scores: np.ndarray, banned: list[set[int]], k: int
+    ) -> list[Row]:
+        """Per row, the first ``k`` found ids that exist, are active and are not banned.
 
-        The filter is a set lookup per row: rows are only ``k + len(exclusions)`` long, and
-        at that size plain Python beats numpy's isin/argsort machinery several times over.
+        A set lookup per id: rows are only ``k + len(exclusions)`` long, and at that size
+        plain Python beats numpy's isin/argsort machinery several times over.
         """
-        extra = max(len(b) for b in banned) + len(self._tombstones)
-        found_ids, found_scores = self._faiss(q, min(k + extra, self._ntotal))
-        ids = np.full((len(q), k), -1, dtype=np.int64)
-        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         active = self._active if len(self._tombstones) else None
-        for row, (row_ids, skip) in enumerate(zip(found_ids.tolist(), banned, strict=True)):
+        rows = []
+        for row_ids, row_scores, skip in zip(
+            found_ids.tolist(), found_scores.tolist(), banned, strict=True
+        ):
             keep = [
                 j
                 for j, i in enumerate(row_ids)
                 if i >= 0 and i not in skip and (active is None or active[i])
             ][:k]
-            ids[row, : len(keep)] = found_ids[row, keep]
-            scores[row, : len(keep)] = found_scores[row, keep]
-        return ids, scores
+            rows.append(([row_ids[j] for j in keep], [row_scores[j] for j in keep]))
+        return rows
 
-    def _search_selector(
-        self, q: np.ndarray, k: int, banned: list[set[int]]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_overfetch(self, q: np.ndarray, k: int, banned: list[set[int]]) -> list[Row]:
+        """One batched call for enough neighbours to survive the filter, then filter."""
+        extra = max(len(b) for b in banned) + len(self._tombstones)
+        found_ids, found_scores = self._faiss(q, min(k + extra, self._ntotal))
+        return self._keep(found_ids, found_scores, banned, k)
+
+    def _search_selector(self, q: np.ndarray, k: int, banned: list[set[int]]) -> list[Row]:
         """One call per query that has exclusions, FAISS skipping them via an IDSelector."""
-        ids = np.full((len(q), k), -1, dtype=np.int64)
-        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        rows: list[Row] = [([], [])] * len(q)
         kk = min(k, self._ntotal)
         plain = [i for i, b in enumerate(banned) if not b] if not len(self._tombstones) else []
         if plain:
-            ids[plain, :kk], scores[plain, :kk] = self._faiss(q[plain], kk)
+            found_ids, found_scores = self._faiss(q[plain], kk)
+            kept = self._keep(found_ids, found_scores, [set()] * len(plain), k)
+            for i, row in zip(plain, kept, strict=True):
+                rows[i] = row
         for i in sorted(set(range(len(q))) - set(plain)):
             skip = np.union1d(as_array(banned[i]), self._tombstones)
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(skip))
-            ids[i, :kk], scores[i, :kk] = self._faiss(q[i : i + 1], kk, selector)
-        return ids, scores
+            found_ids, found_scores = self._faiss(q[i : i + 1], kk, selector)
+            (rows[i],) = self._keep(found_ids, found_scores, [banned[i]], k)
+        return rows
 
     def _complete(
-        self, q: np.ndarray, k: int, banned: list[set[int]], ids: np.ndarray, scores: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, q: np.ndarray, k: int, banned: list[set[int]], rows: list[Row]
+    ) -> list[Row]:
         """Refill, by exact scan, rows the ANN index returned fewer results for than exist."""
-        found = (ids >= 0).sum(axis=1)
-        if (found >= k).all():
-            return ids, scores
-        total = self.active_count
-        for i in np.nonzero(found < k)[0]:
+        for i, (row_ids, _) in enumerate(rows):
+            if len(row_ids) >= k:
+                continue
             row_banned = as_array(banned[i])
-            available = total - int(self._active[row_banned].sum())
-            if found[i] < min(k, available):
-                ids[i], scores[i] = self._exact(q[i], k, row_banned)
+            available = self.active_count - int(self._active[row_banned].sum())
+            if len(row_ids) < min(k, available):
+                rows[i] = self._exact(q[i], k, row_banned)
                 self.stats["exact_fallbacks"] += 1
-        return ids, scores
+        return rows
 
-    def _exact(
-        self, query: np.ndarray, k: int, banned: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _exact(self, query: np.ndarray, k: int, banned: np.ndarray) -> Row:
         scores = np.asarray(self._vectors @ query, dtype=np.float32)
         if self.normalized:
             if self._norms is None:
@@ -300,22 +315,8 @@ class ItemIndex:
         valid = min(k, int(np.isfinite(scores).sum()))
         top = np.argpartition(-scores, valid - 1)[:valid] if valid else np.empty(0, np.int64)
         top = top[np.argsort(-scores[top], kind="stable")]
-        ids = np.full(k, -1, dtype=np.int64)
-        out = np.full(k, -np.inf, dtype=np.float32)
-        ids[:valid], out[:valid] = top, scores[top]
-        return ids, out
+        return top.tolist(), scores[top].tolist()
 
 
 def as_array(ids: set[int]) -> np.ndarray:
     return np.fromiter(ids, dtype=np.int64, count=len(ids))
-
-
-def _pad(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Widen [n, m] results to [n, k] with -1 / -inf."""
-    if ids.shape[1] >= k:
-        return ids, scores
-    extra = k - ids.shape[1]
-    return (
-        np.pad(ids, ((0, 0), (0, extra)), constant_values=-1),
-        np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf),
-    )

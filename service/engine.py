@@ -274,12 +274,10 @@ class Engine:
         if plain:
             k = min(max(jobs[i].k for i in plain), self.n_items)
             matrix = np.stack([vectors[i] for i in plain]).astype(np.float32, copy=False)
-            ids, scores = self.index.search(matrix, k, [jobs[i].exclude for i in plain])
-            for row, i in enumerate(plain):
-                keep = ids[row] >= 0
-                row_ids = ids[row][keep][: jobs[i].k].tolist()
-                row_scores = scores[row][keep][: jobs[i].k].astype(float).tolist()
-                results[i] = JobResult(vectors[i], row_ids, row_scores)
+            rows = self.index.search_rows(matrix, k, [jobs[i].exclude for i in plain])
+            for i, (row_ids, row_scores) in zip(plain, rows, strict=True):
+                k_i = jobs[i].k
+                results[i] = JobResult(vectors[i], row_ids[:k_i], row_scores[:k_i])
         for i, job in enumerate(jobs):
             if job.allowed is not None:
                 ids_, scores_ = self._search_subset(vectors[i], job.k, job.allowed, job.exclude)
