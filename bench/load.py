@@ -1,7 +1,8 @@
 """Load benchmark of the HTTP service: ``python -m bench.load --bundle artifacts/current``.
 
 Starts a redis-server and ``python -m service serve`` (uvicorn, 127.0.0.1 only) for each
-worker count, then drives, for each concurrency, four scenarios for ``--duration`` seconds:
+worker count, then drives, for each concurrency, four scenarios for ``--duration`` seconds
+each:
 
 - ``healthz``        GET /healthz: the ceiling of the stack (routing, middleware, JSON)
 - ``similar``        GET /similar-items/{random item}
@@ -9,6 +10,13 @@ worker count, then drives, for each concurrency, four scenarios for ``--duration
                      were cached beforehand (one Redis round trip, one search, no torch)
 - ``recommend-miss`` POST /recommend {"recent_items": [3-6 random items]}: a new input
                      every request (cache miss: forward pass + search + Redis write)
+
+Each scenario's time is cut into ``--slices`` runs, taken in turns with the other scenarios
+(and variants): this machine's speed drifts by ±15 % within a minute, and a ratio to
+/healthz measured minutes apart carried that drift; interleaved, every scenario sees the
+same mix of fast and slow moments. A row merges its slices: requests and errors add up,
+and the percentiles come from the pooled latency distributions (each slice reports its
+1,000 quantiles at 0.05 %, 0.15 %, ... 99.95 %).
 
 The load generator is wrk (C, one thread, Lua scripts for per-request bodies) when it is
 installed, else a bounded asyncio + httpx client (which then competes with the server for
@@ -177,14 +185,18 @@ def lua_list(values: list[str]) -> str:
     return "{" + ",".join(json.dumps(v) for v in values) + "}"
 
 
-LUA_DONE = """
+QUANTILES = 1000  # latency quantiles per slice, at (i + 0.5) / QUANTILES
+
+
+LUA_DONE = f"""
 done = function(summary, latency, requests)
   local e = summary.errors
+  local q = {{}}
+  for i = 1, {QUANTILES} do q[i] = latency:percentile((i - 0.5) * 100 / {QUANTILES}) end
   io.write(string.format(
-    'RESULT {"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,' ..
-    '"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d}\\n',
+    'RESULT {{"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,"quantiles_us":[%s]}}\\n',
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+    table.concat(q, ",")))
 end
 """
 
@@ -314,15 +326,13 @@ def run_python(url: str, scenario: str, work: Workload, concurrency: int, durati
             await asyncio.gather(*(worker(i) for i in range(concurrency)))
             elapsed = time.perf_counter() - start
         latencies.sort()
-
-        def pct(p: float) -> int:
-            if not latencies:
-                return 0
-            return int(latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e6)
-
-        return {"requests": len(latencies) + errors, "duration_us": int(elapsed * 1e6),
-                "errors": errors, "non2xx": non2xx, "p50_us": pct(50), "p95_us": pct(95),
-                "p99_us": pct(99), "max_us": pct(100)}  # fmt: skip
+        n = len(latencies)
+        quantiles = [
+            int(latencies[min(n - 1, int((i + 0.5) / QUANTILES * n))] * 1e6)
+            for i in range(QUANTILES if n else 0)
+        ]
+        return {"requests": n + errors, "duration_us": int(elapsed * 1e6), "errors": errors,
+                "non2xx": non2xx, "quantiles_us": quantiles}  # fmt: skip
 
     return asyncio.run(main())
 
@@ -376,36 +386,79 @@ def parse_variant(text: str) -> Variant:
     return Variant(name, env, path)
 
 
+@dataclass
+class Slice:
+    """One wrk (or python client) run of a scenario, with the server's counter deltas."""
+
+    requests: int
+    duration_us: int
+    errors: int
+    non2xx: int
+    quantiles_us: list[int]
+    cache_hits: int
+    cache_misses: int
+    cache_errors: int
+    batches: float  # micro-batches run (count) and requests in them (sum)
+    batched: float
+
+
 def measure(
-    variant: Variant,
     server: Server,
-    workers: int,
     scenario: str,
     concurrency: int,
+    duration: float,
     work: Workload,
-    args: argparse.Namespace,
     client: str,
     tmp: Path,
-) -> Result:
+) -> Slice:
     before = scrape(server.url)
     if client == "wrk":
-        raw = run_wrk(server.url, scenario, work, concurrency, args.duration, tmp)
+        raw = run_wrk(server.url, scenario, work, concurrency, duration, tmp)
     else:
-        raw = run_python(server.url, scenario, work, concurrency, args.duration)
+        raw = run_python(server.url, scenario, work, concurrency, duration)
     after = scrape(server.url)
 
     def delta(name: str) -> float:
         return after[name] - before[name]
 
-    seconds = raw["duration_us"] / 1e6
-    return Result(
-        variant.name, workers, scenario, concurrency, raw["requests"], round(seconds, 2),
-        round(raw["requests"] / seconds, 1), raw["p50_us"] / 1000, raw["p95_us"] / 1000,
-        raw["p99_us"] / 1000, raw["errors"], raw["non2xx"],
+    return Slice(
+        raw["requests"], raw["duration_us"], raw["errors"], raw["non2xx"], raw["quantiles_us"],
         int(delta("towerrec_cache_hits_total")), int(delta("towerrec_cache_misses_total")),
-        int(delta("towerrec_cache_errors_total")),
-        round(delta("towerrec_batch_size_sum") / max(1.0, delta("towerrec_batch_size_count")),
-              1),
+        int(delta("towerrec_cache_errors_total")), delta("towerrec_batch_size_count"),
+        delta("towerrec_batch_size_sum"),
+    )  # fmt: skip
+
+
+def pooled_percentile(slices: list[Slice], p: float) -> int:
+    """The ``p``-th percentile (µs) of all slices' requests together: each slice's quantiles
+    stand for equal shares of its requests."""
+    points = sorted(
+        (q, s.requests / len(s.quantiles_us)) for s in slices if s.quantiles_us
+        for q in s.quantiles_us
+    )  # fmt: skip
+    if not points:
+        return 0
+    total = sum(w for _, w in points)
+    target, seen = p / 100 * total - 1e-9 * total, 0.0  # nearest rank, despite float sums
+    for value, weight in points:
+        seen += weight
+        if seen >= target:
+            return value
+    return points[-1][0]
+
+
+def merge(variant: str, workers: int, scenario: str, concurrency: int, slices: list[Slice]):
+    """One table row from a scenario's interleaved slices."""
+    seconds = sum(s.duration_us for s in slices) / 1e6
+    requests = sum(s.requests for s in slices)
+    p50, p95, p99 = (pooled_percentile(slices, p) / 1000 for p in (50, 95, 99))
+    batches = sum(s.batches for s in slices)
+    return Result(
+        variant, workers, scenario, concurrency, requests, round(seconds, 2),
+        round(requests / seconds, 1), p50, p95, p99, sum(s.errors for s in slices),
+        sum(s.non2xx for s in slices), sum(s.cache_hits for s in slices),
+        sum(s.cache_misses for s in slices), sum(s.cache_errors for s in slices),
+        round(sum(s.batched for s in slices) / max(1.0, batches), 1),
     )  # fmt: skip
 
 
@@ -434,12 +487,23 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
                     servers.append(Server(bundle, redis.url, workers, env, variant.path))
                     warm(servers[-1].url, work)
                 for concurrency in args.concurrency:
-                    for scenario in SCENARIOS:
-                        for variant, server in zip(variants, servers, strict=True):
-                            res = measure(variant, server, workers, scenario, concurrency,
-                                          work, args, client, tmp)  # fmt: skip
-                            results.append(res)
-                            print(row(res), flush=True)
+                    slices: dict[tuple[str, str], list[Slice]] = {}
+                    for _ in range(args.slices):
+                        for scenario in SCENARIOS:
+                            for variant, server in zip(variants, servers, strict=True):
+                                one = measure(
+                                    server,
+                                    scenario,
+                                    concurrency,
+                                    args.duration / args.slices,
+                                    work,
+                                    client,
+                                    tmp,
+                                )
+                                slices.setdefault((variant.name, scenario), []).append(one)
+                    for (name, scenario), parts in slices.items():
+                        results.append(merge(name, workers, scenario, concurrency, parts))
+                        print(row(results[-1]), flush=True)  # fmt: skip
             finally:
                 for server in servers:
                     server.stop()
@@ -453,6 +517,8 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
         "bundle": work.summary,
         "client": client,
         "variants": [asdict(v) for v in variants],
+        "duration": args.duration,
+        "slices": args.slices,
     }
     return results, meta
 
@@ -543,7 +609,9 @@ def section(results: list[Result], meta: dict, notes: str) -> str:
         f"Bundle: {meta['bundle']}  ",
         f"Load generator: {meta['client']} (1 thread, keep-alive connections = concurrency), "
         "server, Redis and load generator on 127.0.0.1, all on the same 2 cores.  ",
-        f"Variants (measured back to back for every row): {described}",
+        f"Variants (measured back to back for every row): {described}  ",
+        f"Each row: {meta.get('duration', 20):g} s of load in {meta.get('slices', 1)} slices, "
+        "taken in turns with the other scenarios and variants of its concurrency.",
         "",
         "### Current service",
         "",
@@ -565,6 +633,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0])
     p.add_argument("--bundle", default="artifacts/current")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per scenario")
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=4,
+        help="runs each scenario's duration is cut into, interleaved with the other scenarios",
+    )
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--workers", default="1,2")
     p.add_argument("--users", type=int, default=500, help="users cycled by recommend-hit")
@@ -606,6 +680,8 @@ def main(argv: list[str] | None = None) -> None:
     args.workers = [int(x) for x in str(args.workers).split(",")]
     if args.duration <= 0 or args.duration > 300:
         p.error("--duration must be in (0, 300] seconds")
+    if not 1 <= args.slices <= args.duration:
+        p.error("--slices must be between 1 and --duration (slices of at least 1 s)")
     if max(args.concurrency) > 256:
         p.error("--concurrency is capped at 256")
     if args.render is not None:  # re-render a saved run (e.g. after editing --notes)

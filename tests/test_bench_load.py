@@ -1,0 +1,32 @@
+"""bench.load merges interleaved slices into one row: counts add up, percentiles pool."""
+
+from bench.load import QUANTILES, Slice, merge, pooled_percentile
+
+
+def slice_of(requests: int, latency_us: int, duration_us: int = 1_000_000) -> Slice:
+    """A slice whose requests all took ``latency_us``."""
+    return Slice(requests, duration_us, 1, 0, [latency_us] * QUANTILES, 2, 3, 0, 4.0, 10.0)
+
+
+def test_percentiles_pool_requests_not_slices():
+    # 900 requests at 1 ms and 100 at 10 ms: p50 and p90 are 1 ms, p95 and p99 are 10 ms
+    slices = [slice_of(900, 1000), slice_of(100, 10_000)]
+    assert pooled_percentile(slices, 50) == 1000
+    assert pooled_percentile(slices, 90) == 1000
+    assert pooled_percentile(slices, 95) == 10_000
+    assert pooled_percentile(slices, 99) == 10_000
+
+
+def test_one_slice_keeps_its_own_quantiles():
+    grid = list(range(QUANTILES))  # quantile i at probability (i + 0.5) / QUANTILES
+    one = Slice(5000, 1_000_000, 0, 0, grid, 0, 0, 0, 0.0, 0.0)
+    assert pooled_percentile([one], 50) == 499
+    assert pooled_percentile([one], 99) == 989
+
+
+def test_merge_adds_counts_and_rates_over_total_time():
+    row = merge("current", 1, "recommend-hit", 32, [slice_of(900, 1000), slice_of(100, 10_000)])
+    assert (row.requests, row.seconds, row.rps) == (1000, 2.0, 500.0)
+    assert (row.p50_ms, row.p99_ms) == (1.0, 10.0)
+    assert (row.errors, row.cache_hits, row.cache_misses) == (2, 4, 6)
+    assert row.mean_batch == 2.5  # 20 requests in 8 batches
