@@ -175,7 +175,8 @@ def load_workload(bundle: str, n_users: int) -> Workload:
     ds = manifest.get("dataset", {})
     summary = (
         f"{ds.get('name', '?')} bundle `{manifest['version']}`: {len(items)} items, "
-        f"{len(load_json(bundle, USERS))} users, d={model['dim']}, encoder={model['encoder']}"
+        f"{len(load_json(bundle, USERS))} users, encoder={model['encoder']} × "
+        f"{model.get('members', 1)} member(s) of d={model['dim']}"
         f" (max_len {model['max_len']}), user-id embedding={model['user_id_embedding']}"
     )
     return Workload(items, users, manifest["version"], summary)

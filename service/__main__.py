@@ -34,7 +34,7 @@ def serve(
     loop: Loop = typer.Option(
         Loop.asyncio,
         envvar="UVICORN_LOOP",
-        help="Event loop; asyncio measured faster than uvloop on /recommend (docs/BENCHMARKS.md).",
+        help="Event loop; uvloop measured within a few percent of asyncio (docs/BENCHMARKS.md).",
     ),
 ) -> None:
     """Run uvicorn on service.app:app."""
