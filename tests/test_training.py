@@ -273,3 +273,49 @@ def test_members_train_an_ensemble_that_serves_as_one_model(tmp_path):
 
     body = asyncio.run(recommend())
     assert body["strategy"] == "sequence" and len(body["items"]) == 5
+
+
+def test_features_loss_adds_the_features_alone_objective():
+    """--features-loss w: the batch loss is the usual one plus w times the same loss with
+    every user's feature vector alone at every position (same branch draws, no dropout)."""
+    from training.data import load_dataset
+    from training.model import TwoTower
+    from training.pipeline import Run, RunConfig
+    from training.train import NextItemObjective, TrainConfig
+
+    run = Run(load_dataset("synthetic"), RunConfig(dim=16, max_len=8))
+    torch.manual_seed(0)
+    model = TwoTower(run.tower_config("gru")).eval()
+    users = torch.tensor([0, 1, 2])
+    targets = torch.tensor([[3, 5, 7, -1], [2, 9, 4, 6], [8, 1, -1, -1]])
+
+    def batch_loss(features_loss: float) -> torch.Tensor:
+        cfg = TrainConfig(features_loss=features_loss, branch_dropout=0.0)
+        objective = NextItemObjective(model, run.item_feats, run.user_feats, None, cfg, seed=0)
+        return objective.eval()(users, targets)
+
+    feats = {k: v[users] for k, v in run.user_feats.items()}
+    with torch.no_grad():
+        items = model.item_tower(torch.arange(1, model.cfg.n_items + 1), run.item_feats)
+        cold = model.user_tower.encode_features(feats)
+        valid = targets >= 0
+        alone = torch.nn.functional.cross_entropy(
+            cold[:, None, :].expand(*targets.shape, -1)[valid] @ items.T, targets[valid]
+        )
+        assert batch_loss(0.5) == pytest.approx(float(batch_loss(0.0) + 0.5 * alone), rel=1e-5)
+
+
+def test_label_smoothing_and_features_loss_through_the_cli(tmp_path):
+    result = train_cli(
+        tmp_path, "--dataset", "synthetic", *QUICK, "--encoder", "gru",
+        "--label-smoothing", "0.1", "--features-loss", "1.0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    train_cfg = bundle.read_manifest(bundle.resolve(tmp_path))["config"]["train"]
+    assert (train_cfg["label_smoothing"], train_cfg["features_loss"]) == (0.1, 1.0)
+    models = bundle.load_json(tmp_path, bundle.REPORT_JSON)["models"]
+    pop = models["popularity"]["test"]["NDCG@10"]
+    assert models["gru"]["test"]["NDCG@10"] > 2 * pop
+    assert models["features-only"]["test"]["NDCG@10"] > 1.2 * pop
+    bad = train_cli(tmp_path / "bad", "--dataset", "synthetic", "--label-smoothing", "0.9")
+    assert bad.returncode != 0 and "--label-smoothing" in bad.stderr

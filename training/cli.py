@@ -58,6 +58,17 @@ def train(
     lr: Annotated[float, Opt(help="AdamW learning rate.")] = None,
     loss: Annotated[str, Opt(help="full | sampled | auto (full softmax up to 20k items).")] = None,
     patience: Annotated[int, Opt(help="Epochs without validation gain before stopping.")] = None,
+    label_smoothing: Annotated[
+        float, Opt(min=0.0, max=0.5, help="Label smoothing of the softmax loss.")
+    ] = None,
+    features_loss: Annotated[
+        float,
+        Opt(
+            min=0.0,
+            help="Weight of a second loss where the user features alone predict every item "
+            "of the window (cold users); 0 = off.",
+        ),
+    ] = None,
     ema: Annotated[
         float,
         Opt(

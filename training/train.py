@@ -41,6 +41,8 @@ class TrainConfig:
     uniform_negatives: int = 2048
     branch_dropout: float = 0.15  # per user: hide features (or sequence) with this probability
     item_id_dropout: float = 0.05  # per step: embed this share of items from features alone
+    label_smoothing: float = 0.0
+    features_loss: float = 0.0  # weight of the cold-user loss: features alone predict the window
     patience: int = 15  # epochs without validation NDCG@10 improvement before stopping
     ema: float = 0.99  # > 0: validate and keep an exponential moving average of the weights
     seed: int = 0
@@ -139,19 +141,33 @@ class NextItemObjective(torch.nn.Module):
         tower = self.model.user_tower
         keep_seq, keep_feat = self.branch_masks(len(users))
         u = torch.zeros(*targets.shape, self.model.cfg.dim)
+        cold = None
         if tower.encoder is not None:
             u = u + tower.encode_sequence(seq) * keep_seq[:, None, None]
         if tower.features is not None:
             feats = {k: v[users] for k, v in self.user_feats.items()}
-            u = u + (tower.encode_features(feats) * keep_feat[:, None])[:, None, :]
+            cold = tower.encode_features(feats)
+            u = u + (cold * keep_feat[:, None])[:, None, :]
         if tower.user_ids is not None:
             keep_id = torch.rand(len(users), generator=self.gen) >= self.cfg.branch_dropout
             u = u + (tower.user_ids(users + 1) * keep_id[:, None])[:, None, :]
-        u, y = u[valid], targets[valid]
+        loss = self.loss(u[valid], targets[valid], candidates, cand_vectors)
+        if cold is not None and self.cfg.features_loss > 0 and tower.encoder is not None:
+            # every user's features alone, asked for every item of the window
+            cold = cold[:, None, :].expand(*targets.shape, -1)[valid]
+            loss = loss + self.cfg.features_loss * self.loss(
+                cold, targets[valid], candidates, cand_vectors
+            )
+        return loss
+
+    def loss(
+        self, u: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
+        smoothing = self.cfg.label_smoothing
         if self.loss_kind == "full":
-            return losses.full_softmax(u, cand_vectors, y)
+            return losses.full_softmax(u, vectors, y, smoothing)
         return losses.sampled_softmax(
-            u, cand_vectors, candidates, y, self.item_freq, self.cfg.uniform_negatives
+            u, vectors, candidates, y, self.item_freq, self.cfg.uniform_negatives, smoothing
         )
 
 
