@@ -35,14 +35,14 @@ def machine() -> str:
 
 
 def write_section(heading: str, text: str, path: Path = DOC) -> None:
-    """Replace (or append) the ``## <heading>`` section, keeping the other sections and a
-    hand-written ``### Reading`` subsection of this one."""
+    """Replace (or append) the ``## <heading>`` section, keeping the other sections and,
+    unless ``text`` brings its own, the hand-written ``### Reading`` subsection of this one."""
     current = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     match = pattern.search(current)
     if match:
         reading = re.search(r"^### Reading\n.*", match.group(0), re.S | re.M)
-        if reading:
+        if reading and not re.search(r"^### Reading$", text, re.M):
             text = text.rstrip() + "\n\n" + reading.group(0).rstrip() + "\n"
         updated = current[: match.start()] + text.rstrip() + "\n\n" + current[match.end() :]
     else:

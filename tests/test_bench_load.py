@@ -30,3 +30,17 @@ def test_merge_adds_counts_and_rates_over_total_time():
     assert (row.p50_ms, row.p99_ms) == (1.0, 10.0)
     assert (row.errors, row.cache_hits, row.cache_misses) == (2, 4, 6)
     assert row.mean_batch == 2.5  # 20 requests in 8 batches
+
+
+def test_section_writer_keeps_a_reading_unless_given_a_new_one(tmp_path):
+    from bench._common import write_section
+
+    doc = tmp_path / "BENCHMARKS.md"
+    old = "## Load\n\nold table\n\n### Reading\n\nold words\n\n"
+    doc.write_text("# Benchmarks\n\n" + old + "## Quality\n\nq\n")
+    write_section("Load", "## Load\n\nnew table\n", doc)
+    assert "new table" in doc.read_text() and "old words" in doc.read_text()
+    write_section("Load", "## Load\n\nnewer table\n\n### Reading\n\nnew words\n", doc)
+    text = doc.read_text()
+    assert text.count("### Reading") == 1 and "new words" in text and "old words" not in text
+    assert text.endswith("## Quality\n\nq\n") and "old table" not in text
