@@ -11,7 +11,7 @@ Resolution order for one request:
 3. else ``popular`` (popularity.json), with the same exclusions and filter.
 
 Whatever the model has no input for is fed as "unknown": missing features -> the
-unknown bucket, no sequence -> the state after BOS, no known id -> id 0.
+unknown bucket, no sequence -> no sequence branch, no known id -> id 0.
 
 ``exclude_seen`` (default) removes ``recent_items`` and the stored history of ``user_id``
 (bundle history + events); ``exclude_items`` is always removed. ``k`` above MAX_K is a

@@ -70,3 +70,36 @@ def test_traced_tower_setting_switches_the_engine(served_root):
 
     assert asyncio.run(forward_kind(True)) == "traced"
     assert asyncio.run(forward_kind(False)) == "eager"
+
+
+def test_features_only_request_serves_the_evaluated_features_only_vector(served_root):
+    """A cold user (features, no recent items) is ranked by the feature branch alone, the
+    vector the report's features-only mode is measured on (no state after BOS added)."""
+    import asyncio
+
+    from test_service_support import serve, settings
+
+    from training.model import feature_tensors
+
+    current = bundle.resolve(served_root)
+    model = bundle.load_towers(current)
+    items = bundle.load_json(current, bundle.ITEMS)
+    vectors = torch.from_numpy(bundle.load_array(current / bundle.ITEM_EMBEDDINGS))
+    features = bundle.load_json(current, bundle.USERS)[5]["features"]
+    with torch.inference_mode():
+        user = model.user_tower(feature_tensors(model.cfg.specs("user"), [features]))
+        scores = (user @ vectors.T)[0]
+    expected = [items[i]["id"] for i in torch.argsort(scores, descending=True)[:10].tolist()]
+
+    async def served() -> dict:
+        async with serve(settings(served_root)) as (client, _):
+            r = await client.post("/recommend", json={"features": features, "k": 10})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+    body = asyncio.run(served())
+    assert body["strategy"] == "features"
+    assert [it["item_id"] for it in body["items"]] == expected
+    np.testing.assert_allclose(
+        [it["score"] for it in body["items"]], scores.sort(descending=True).values[:10], rtol=1e-4
+    )
