@@ -504,7 +504,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
                                 slices.setdefault((variant.name, scenario), []).append(one)
                     for (name, scenario), parts in slices.items():
                         results.append(merge(name, workers, scenario, concurrency, parts))
-                        print(row(results[-1]), flush=True)  # fmt: skip
+                        print(row(results[-1]), flush=True)
             finally:
                 for server in servers:
                     server.stop()

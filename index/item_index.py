@@ -194,8 +194,7 @@ class ItemIndex:
         """``search`` as one ``(ids, scores)`` pair of lists per query, best first, shorter
         than ``k`` only when too few items are left. What the service reads: its answers
         are lists, and building then unpacking padded arrays cost about as much as the
-        FAISS call (one user, 50 exclusions, flat index over 1,682 items: 58 µs through
-        arrays, 32 µs this way)."""
+        FAISS call itself (cache hits +15 % under load, docs/BENCHMARKS.md "Load")."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         q = self._queries(user_vectors)
