@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.public)
     app.include_router(health.protected)
     app.include_router(recommend.router, dependencies=protected)
+    app.include_router(items.hot, dependencies=protected)
     app.include_router(items.router, dependencies=protected)
     app.include_router(events.router, dependencies=protected)
     app.include_router(admin.router)
@@ -74,7 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # first added = innermost: metrics and the body limit still see every request
     app.add_middleware(
-        LeanDispatch, routes=recommend.router.routes, exception_handlers=app.exception_handlers
+        LeanDispatch,
+        routes=recommend.router.routes + items.hot.routes,
+        exception_handlers=app.exception_handlers,
     )
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

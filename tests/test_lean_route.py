@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -27,16 +27,24 @@ def test_openapi_still_documents_body_response_and_api_key():
         assert "$ref" in op["responses"]["200"]["content"]["application/json"]["schema"]
 
 
-def test_endpoints_must_take_exactly_a_body_model_and_the_request():
+def test_endpoints_take_the_request_and_a_body_model_or_plain_parameters():
     router = APIRouter(route_class=LeanRoute)
 
-    async def query_params(k: int, request: Request) -> Response: ...
+    async def body_and_query(body: RecommendRequest, k: int, request: Request) -> Response: ...
 
     async def no_request(body: RecommendRequest) -> Response: ...
 
-    for endpoint in (query_params, no_request):
+    async def dependency(request: Request, user: str = Depends(lambda: "u")) -> Response: ...
+
+    async def header(request: Request, x_token: str = Header()) -> Response: ...
+
+    for endpoint in (body_and_query, no_request, dependency, header):
         with pytest.raises(TypeError, match="LeanRoute endpoint"):
             router.post("/x")(endpoint)
+
+    async def params(request: Request, item_id: str, k: int = Query(10, ge=1)) -> Response: ...
+
+    router.get("/x/{item_id}")(params)  # path and query parameters only: accepted
 
 
 def dispatched_app() -> FastAPI:
@@ -50,6 +58,13 @@ def dispatched_app() -> FastAPI:
         scope = request.scope  # the router would have put itself in the scope
         return JSONResponse(
             {"k": body.k, "route": scope["route"].path, "router": "router" in scope}
+        )
+
+    @router.get("/things/{thing_id}")
+    async def thing(request: Request, thing_id: int, k: int = Query(10, ge=1, le=50)) -> Response:
+        scope = request.scope
+        return JSONResponse(
+            {"id": thing_id, "k": k, "route": scope["route"].path, "router": "router" in scope}
         )
 
     @app.get("/plain")
@@ -85,8 +100,25 @@ async def test_dispatch_answers_lean_routes_and_passes_everything_else_on(anyio_
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_dispatch_matches_path_parameters_and_validates_like_fastapi(anyio_backend):
+    transport = httpx.ASGITransport(app=dispatched_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get("/things/7", params={"k": 3})
+        assert r.json() == {"id": 7, "k": 3, "route": "/things/{thing_id}", "router": False}
+        assert (await client.get("/things/7")).json()["k"] == 10  # the Query default
+        r = await client.get("/things/x", params={"k": 0})  # both errors, one 422
+        assert r.status_code == 422
+        assert r.json() == {"custom": [["path", "thing_id"], ["query", "k"]]}
+        assert (await client.post("/things/7")).status_code == 405  # the router's answer
+        assert (await client.get("/things/7/more")).status_code == 404
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_dispatch_matches_paths_below_the_root_path(anyio_backend):
     transport = httpx.ASGITransport(app=dispatched_app(), root_path="/api")  # as --root-path
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         r = await client.post("/api/echo", json={"k": 4})
         assert r.json() == {"k": 4, "route": "/echo", "router": False}
+        r = await client.get("/api/things/5")
+        assert r.json() == {"id": 5, "k": 10, "route": "/things/{thing_id}", "router": False}

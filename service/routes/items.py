@@ -9,9 +9,11 @@ from service import render
 from service.deps import engine_of, json_body, runtime_of
 from service.engine import Engine
 from service.recommend import error
+from service.routes.lean import LeanRoute
 from service.schemas import ItemResponse, SimilarResponse
 
 router = APIRouter(tags=["items"])
+hot = APIRouter(tags=["items"], route_class=LeanRoute)  # served through LeanDispatch
 
 ItemPath = Path(..., min_length=1, max_length=128, description="External item id")
 
@@ -23,7 +25,7 @@ def _lookup(engine: Engine, item_id: str) -> int:
     return i
 
 
-@router.get(
+@hot.get(
     "/similar-items/{item_id}",
     response_model=SimilarResponse,
     summary="Nearest items in the index (the item itself excluded)",
