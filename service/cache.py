@@ -39,6 +39,20 @@ return 0
 """
 
 
+# The (list, value) pairs read by one event-loop iteration, in one command: a Lua loop
+# costs the client one request and one reply to parse for the whole batch, where a
+# pipeline of LRANGE + GET per request cost ~3x the client CPU (47 vs 15 us per request
+# at 12 requests per batch). pcall: a bad key fails its own entry, not the batch.
+_READ_PAIRS = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  out[#out + 1] = redis.pcall('LRANGE', KEYS[i], 0, -1)
+  out[#out + 1] = redis.pcall('GET', KEYS[i + 1])
+end
+return out
+"""
+
+
 class CacheUnavailable(Exception):
     """Redis could not be used for this call (breaker open, timeout, connection error)."""
 
@@ -101,6 +115,7 @@ class RedisLink:
         self._last_log = -1e18
         self.last_error: str | None = None
         self._pending: list[tuple[Callable[[Any], None], asyncio.Future]] = []
+        self._pairs: list[tuple[str, str, asyncio.Future]] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task] = set()
 
@@ -145,29 +160,46 @@ class RedisLink:
         them) instead of one round trip each. Returns the replies of ``build``'s commands;
         a command's own error (e.g. NOSCRIPT) comes back as an exception object.
         """
+        future = self._enqueue()
+        self._pending.append((build, future))
+        return await future
+
+    async def read_pair(self, list_key: str, value_key: str) -> tuple[Any, Any]:
+        """(LRANGE list_key, GET value_key), read with every other pair of this event-loop
+        iteration in one command of its pipeline; an entry's own error comes back as an
+        exception object."""
+        future = self._enqueue()
+        self._pairs.append((list_key, value_key, future))
+        return await future
+
+    def _enqueue(self) -> asyncio.Future:
         if not self._allowed():
             raise CacheUnavailable(self.last_error or "redis unavailable")
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((build, future))
+        loop = asyncio.get_running_loop()
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
-        return await future
+            loop.call_soon(self._start_flush)
+        return loop.create_future()
 
     def _start_flush(self) -> None:
         pending, self._pending = self._pending, []
+        pairs, self._pairs = self._pairs, []
         self._flush_scheduled = False
-        task = asyncio.get_running_loop().create_task(self._flush(pending))
+        task = asyncio.get_running_loop().create_task(self._flush(pending, pairs))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, pending: list) -> None:
+    async def _flush(self, pending: list, pairs: list) -> None:
         pipe = self.client.pipeline(transaction=False)
         sizes = []
         for build, _ in pending:
             before = len(pipe.command_stack)
             build(pipe)
             sizes.append(len(pipe.command_stack) - before)
+        if pairs:
+            keys = [key for list_key, value_key, _ in pairs for key in (list_key, value_key)]
+            pipe.eval(_READ_PAIRS, len(keys), *keys)
+        futures = [future for _, future in pending] + [future for *_, future in pairs]
         try:
             replies = await pipe.execute(raise_on_error=False)
         except BaseException as e:
@@ -177,7 +209,7 @@ class RedisLink:
             else:
                 self._probing = False
                 error = e
-            for _, future in pending:
+            for future in futures:
                 if not future.done():
                     future.set_exception(error)
             if not isinstance(e, Exception):
@@ -189,6 +221,12 @@ class RedisLink:
             if not future.done():
                 future.set_result(replies[pos : pos + n])
             pos += n
+        if pairs:
+            read = replies[-1]
+            for n, (*_, future) in enumerate(pairs):
+                if not future.done():
+                    pair = (read, read) if isinstance(read, Exception) else read[2 * n : 2 * n + 2]
+                    future.set_result(tuple(pair))
 
     def _fail(self, error: Exception) -> None:
         self._probing = False

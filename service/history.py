@@ -106,12 +106,8 @@ class RedisHistory(HistoryStore):
         if vec_key is None or not (isinstance(cache, RedisCache) and cache.link is self.link):
             return await super().get_with_vector(user_id, cache, vec_key)
 
-        def both(pipe) -> None:
-            pipe.lrange(self.key(user_id), 0, -1)
-            pipe.get(vec_key)
-
         try:
-            history, raw = await self.link.batched(both)
+            history, raw = await self.link.read_pair(self.key(user_id), vec_key)
         except CacheUnavailable:
             return None, None, "off"
         if isinstance(history, Exception) or isinstance(raw, Exception):

@@ -74,6 +74,24 @@ async def test_miss_then_hit_with_the_vector_in_redis(served_root, redis_server,
         assert len(db.keys("towerrec:*")) == 2
 
 
+async def test_concurrent_reads_share_one_command_and_a_bad_key_fails_only_its_request(
+    served_root, redis_server, cat
+):
+    db = redis_server.client()
+    users = [u["id"] for u in cat["users"] if u["history"]][:6]
+    async with serve(settings(served_root, redis_url=redis_server.url)) as (client, _):
+        first = [await recommend(client, {"user_id": u}) for u in users]
+        db.set(f"towerrec:hist:{users[0]}", "not a list")  # WRONGTYPE for LRANGE
+        before = db.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
+        again = await asyncio.gather(*(recommend(client, {"user_id": u}) for u in users))
+        calls = db.info("commandstats")["cmdstat_eval"]["calls"] - before
+        assert calls < len(users)  # the reads of one loop iteration went out together
+        assert again[0]["cache"] == "off" and any("redis" in w for w in again[0]["warnings"])
+        assert ids(again[0]) == ids(first[0])
+        for one, two in zip(first[1:], again[1:], strict=True):
+            assert two["cache"] == "hit" and ids(two) == ids(one)
+
+
 async def test_events_invalidate_the_users_vector(served_root, redis_server, cat):
     db = redis_server.client()
     user = known_user(cat)
