@@ -39,15 +39,19 @@ return 0
 """
 
 
-# The (list, value) pairs read by one event-loop iteration, in one command: a Lua loop
-# costs the client one request and one reply to parse for the whole batch, where a
-# pipeline of LRANGE + GET per request cost ~3x the client CPU (47 vs 15 us per request
-# at 12 requests per batch). pcall: a bad key fails its own entry, not the batch.
-_READ_PAIRS = """
-local out = {}
-for i = 1, #KEYS, 2 do
+# Every read of one event-loop iteration, in one command: a Lua loop costs the client one
+# request and one reply to parse for the whole batch, where a pipeline of LRANGE + GET per
+# request cost ~3x the client CPU (47 vs 15 us per request at 12 requests per batch).
+# KEYS: ARGV[1] (list, value) pairs, then lone values. pcall: a bad key fails its own
+# entry, not the batch.
+_READ = """
+local out, pairs = {}, 2 * tonumber(ARGV[1])
+for i = 1, pairs, 2 do
   out[#out + 1] = redis.pcall('LRANGE', KEYS[i], 0, -1)
   out[#out + 1] = redis.pcall('GET', KEYS[i + 1])
+end
+for i = pairs + 1, #KEYS do
+  out[#out + 1] = redis.pcall('GET', KEYS[i])
 end
 return out
 """
@@ -115,7 +119,7 @@ class RedisLink:
         self._last_log = -1e18
         self.last_error: str | None = None
         self._pending: list[tuple[Callable[[Any], None], asyncio.Future]] = []
-        self._pairs: list[tuple[str, str, asyncio.Future]] = []
+        self._reads: list[tuple[str | None, str, asyncio.Future]] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task] = set()
 
@@ -164,12 +168,12 @@ class RedisLink:
         self._pending.append((build, future))
         return await future
 
-    async def read_pair(self, list_key: str, value_key: str) -> tuple[Any, Any]:
-        """(LRANGE list_key, GET value_key), read with every other pair of this event-loop
-        iteration in one command of its pipeline; an entry's own error comes back as an
-        exception object."""
+    async def read(self, list_key: str | None, value_key: str) -> list[Any]:
+        """``[LRANGE list_key, GET value_key]``, or ``[GET value_key]`` without a list key:
+        read with every other read of this event-loop iteration in one command of its
+        pipeline. An entry's own error comes back as an exception object."""
         future = self._enqueue()
-        self._pairs.append((list_key, value_key, future))
+        self._reads.append((list_key, value_key, future))
         return await future
 
     def _enqueue(self) -> asyncio.Future:
@@ -183,23 +187,26 @@ class RedisLink:
 
     def _start_flush(self) -> None:
         pending, self._pending = self._pending, []
-        pairs, self._pairs = self._pairs, []
+        reads, self._reads = self._reads, []
         self._flush_scheduled = False
-        task = asyncio.get_running_loop().create_task(self._flush(pending, pairs))
+        task = asyncio.get_running_loop().create_task(self._flush(pending, reads))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, pending: list, pairs: list) -> None:
+    async def _flush(self, pending: list, reads: list) -> None:
         pipe = self.client.pipeline(transaction=False)
         sizes = []
         for build, _ in pending:
             before = len(pipe.command_stack)
             build(pipe)
             sizes.append(len(pipe.command_stack) - before)
-        if pairs:
-            keys = [key for list_key, value_key, _ in pairs for key in (list_key, value_key)]
-            pipe.eval(_READ_PAIRS, len(keys), *keys)
-        futures = [future for _, future in pending] + [future for *_, future in pairs]
+        reads.sort(key=lambda read: read[0] is None)  # pairs first, as _READ takes them
+        if reads:
+            pairs = [(lk, vk) for lk, vk, _ in reads if lk is not None]
+            keys = [key for pair in pairs for key in pair]
+            keys += [vk for lk, vk, _ in reads if lk is None]
+            pipe.eval(_READ, len(keys), *keys, len(pairs))
+        futures = [future for _, future in pending] + [future for *_, future in reads]
         try:
             replies = await pipe.execute(raise_on_error=False)
         except BaseException as e:
@@ -221,12 +228,14 @@ class RedisLink:
             if not future.done():
                 future.set_result(replies[pos : pos + n])
             pos += n
-        if pairs:
-            read = replies[-1]
-            for n, (*_, future) in enumerate(pairs):
+        if reads:
+            values, pos = replies[-1], 0
+            for list_key, _, future in reads:
+                n = 1 if list_key is None else 2
                 if not future.done():
-                    pair = (read, read) if isinstance(read, Exception) else read[2 * n : 2 * n + 2]
-                    future.set_result(tuple(pair))
+                    failed = isinstance(values, Exception)
+                    future.set_result([values] * n if failed else values[pos : pos + n])
+                pos += n
 
     def _fail(self, error: Exception) -> None:
         self._probing = False
@@ -355,7 +364,7 @@ class RedisCache(VectorCache):
 
     async def get(self, key: str) -> tuple[bytes | None, str]:
         try:
-            (raw,) = await self.link.batched(lambda pipe: pipe.get(key))
+            (raw,) = await self.link.read(None, key)
         except CacheUnavailable:
             return None, "off"
         if isinstance(raw, Exception):

@@ -107,7 +107,7 @@ class RedisHistory(HistoryStore):
             return await super().get_with_vector(user_id, cache, vec_key)
 
         try:
-            history, raw = await self.link.read_pair(self.key(user_id), vec_key)
+            history, raw = await self.link.read(self.key(user_id), vec_key)
         except CacheUnavailable:
             return None, None, "off"
         if isinstance(history, Exception) or isinstance(raw, Exception):

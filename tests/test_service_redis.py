@@ -81,11 +81,15 @@ async def test_concurrent_reads_share_one_command_and_a_bad_key_fails_only_its_r
     users = [u["id"] for u in cat["users"] if u["history"]][:6]
     async with serve(settings(served_root, redis_url=redis_server.url)) as (client, _):
         first = [await recommend(client, {"user_id": u}) for u in users]
+        explicit = {"recent_items": [cat["items"][5]["id"], cat["items"][9]["id"]]}
+        assert (await recommend(client, explicit))["cache"] == "miss"
         db.set(f"towerrec:hist:{users[0]}", "not a list")  # WRONGTYPE for LRANGE
         before = db.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
-        again = await asyncio.gather(*(recommend(client, {"user_id": u}) for u in users))
+        bodies = [{"user_id": u} for u in users] + [explicit]
+        *again, by_inputs = await asyncio.gather(*(recommend(client, b) for b in bodies))
         calls = db.info("commandstats")["cmdstat_eval"]["calls"] - before
-        assert calls < len(users)  # the reads of one loop iteration went out together
+        assert calls < len(bodies)  # the reads of one loop iteration went out together
+        assert by_inputs["cache"] == "hit"  # a lone vector read (no history) in the batch
         assert again[0]["cache"] == "off" and any("redis" in w for w in again[0]["warnings"])
         assert ids(again[0]) == ids(first[0])
         for one, two in zip(first[1:], again[1:], strict=True):
