@@ -27,13 +27,24 @@ import numpy as np
 
 log = logging.getLogger("service.cache")
 
-# Compare-and-set of a user-id vector: written only if the user's event list is still
-# the one the vector was computed from (an /events call in between wins).
-_SET_IF_HISTORY = """
-local h = redis.call('LRANGE', KEYS[1], 0, -1)
-if redis.sha1hex(table.concat(h, '\\31')) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-  return 1
+# Every cache write of one event-loop iteration, in one command (see _READ for why).
+# ARGV[1] entries are compare-and-set writes of user-id vectors: written only if the
+# user's event list is still the one the vector was computed from (an /events call in
+# between wins); KEYS (history, vector), ARGV (fingerprint, value, ttl). Plain writes
+# follow: KEYS vector, ARGV (value, ttl).
+_WRITE = """
+local k, a = 1, 2
+for e = 1, tonumber(ARGV[1]) do
+  local h = redis.pcall('LRANGE', KEYS[k], 0, -1)
+  if type(h) == 'table' and not h.err
+      and redis.sha1hex(table.concat(h, '\\31')) == ARGV[a] then
+    redis.pcall('SET', KEYS[k + 1], ARGV[a + 1], 'EX', ARGV[a + 2])
+  end
+  k, a = k + 2, a + 3
+end
+while k <= #KEYS do
+  redis.pcall('SET', KEYS[k], ARGV[a], 'EX', ARGV[a + 1])
+  k, a = k + 1, a + 2
 end
 return 0
 """
@@ -120,6 +131,7 @@ class RedisLink:
         self.last_error: str | None = None
         self._pending: list[tuple[Callable[[Any], None], asyncio.Future]] = []
         self._reads: list[tuple[str | None, str, asyncio.Future]] = []
+        self._writes: list[tuple[tuple, asyncio.Future]] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task] = set()
 
@@ -176,6 +188,16 @@ class RedisLink:
         self._reads.append((list_key, value_key, future))
         return await future
 
+    async def write(
+        self, key: str, value: bytes, ttl_s: int, history: tuple[str, str] | None = None
+    ) -> None:
+        """SET key value EX ttl_s with every other write of this event-loop iteration in one
+        command of its pipeline; with ``history`` = (list key, fingerprint), only if the
+        list's fingerprint (``history_fingerprint``) is still that one."""
+        future = self._enqueue()
+        self._writes.append(((key, value, ttl_s, history), future))
+        await future
+
     def _enqueue(self) -> asyncio.Future:
         if not self._allowed():
             raise CacheUnavailable(self.last_error or "redis unavailable")
@@ -188,25 +210,37 @@ class RedisLink:
     def _start_flush(self) -> None:
         pending, self._pending = self._pending, []
         reads, self._reads = self._reads, []
+        writes, self._writes = self._writes, []
         self._flush_scheduled = False
-        task = asyncio.get_running_loop().create_task(self._flush(pending, reads))
+        task = asyncio.get_running_loop().create_task(self._flush(pending, writes, reads))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, pending: list, reads: list) -> None:
+    async def _flush(self, pending: list, writes: list, reads: list) -> None:
         pipe = self.client.pipeline(transaction=False)
         sizes = []
         for build, _ in pending:
             before = len(pipe.command_stack)
             build(pipe)
             sizes.append(len(pipe.command_stack) - before)
+        if writes:
+            writes.sort(key=lambda write: write[0][3] is None)  # compare-and-set first
+            keys, args, cas = [], [], 0
+            for (key, value, ttl_s, history), _ in writes:
+                if history is not None:
+                    keys.append(history[0])
+                    args.append(history[1])
+                    cas += 1
+                keys.append(key)
+                args += [value, ttl_s]
+            pipe.eval(_WRITE, len(keys), *keys, cas, *args)
         reads.sort(key=lambda read: read[0] is None)  # pairs first, as _READ takes them
         if reads:
             pairs = [(lk, vk) for lk, vk, _ in reads if lk is not None]
             keys = [key for pair in pairs for key in pair]
             keys += [vk for lk, vk, _ in reads if lk is None]
             pipe.eval(_READ, len(keys), *keys, len(pairs))
-        futures = [future for _, future in pending] + [future for *_, future in reads]
+        futures = [f for _, f in pending] + [f for _, f in writes] + [f for *_, f in reads]
         try:
             replies = await pipe.execute(raise_on_error=False)
         except BaseException as e:
@@ -228,6 +262,9 @@ class RedisLink:
             if not future.done():
                 future.set_result(replies[pos : pos + n])
             pos += n
+        for _, future in writes:
+            if not future.done():
+                future.set_result(None)  # a lost write is a later miss: nothing to report
         if reads:
             values, pos = replies[-1], 0
             for list_key, _, future in reads:
@@ -360,7 +397,6 @@ class RedisCache(VectorCache):
     def __init__(self, link: RedisLink, prefix: str, *, ttl_s: int):
         super().__init__(prefix)
         self.link, self.ttl_s = link, ttl_s
-        self._cas_sha = hashlib.sha1(_SET_IF_HISTORY.encode()).hexdigest()
 
     async def get(self, key: str) -> tuple[bytes | None, str]:
         try:
@@ -379,14 +415,9 @@ class RedisCache(VectorCache):
         history_key: str | None = None,
         history_fp: str | None = None,
     ) -> None:
+        history = (history_key, history_fp) if history_key is not None else None
         try:
-            if history_key is None:
-                await self.link.batched(lambda pipe: pipe.set(key, value, ex=self.ttl_s))
-                return
-            args = (history_key, key, history_fp, value, self.ttl_s)
-            (reply,) = await self.link.batched(lambda pipe: pipe.evalsha(self._cas_sha, 2, *args))
-            if isinstance(reply, Exception):  # NOSCRIPT after a Redis restart: EVAL loads it
-                await self.link.run(lambda: self.link.client.eval(_SET_IF_HISTORY, 2, *args))
+            await self.link.write(key, value, self.ttl_s, history)
         except CacheUnavailable:
             pass
 

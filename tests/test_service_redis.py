@@ -158,6 +158,25 @@ async def test_a_vector_computed_before_an_event_is_not_cached_after_it(
         "t:v:u:u", b"x" * 8, history_key="t:hist:u", history_fp=history_fingerprint(["1"])
     )
     assert db.get("t:v:u:u") == b"x" * 8
+
+    # concurrent writes, plain and compare-and-set, go out as one command
+    db.rpush("t:hist:w", "2")
+    before = db.info("commandstats")["cmdstat_eval"]["calls"]
+    fresh, old = history_fingerprint(["2"]), history_fingerprint(["1", "2"])
+    await asyncio.gather(
+        cache.set("t:v:h:1", b"a" * 8),
+        cache.set("t:v:u:w", b"b" * 8, history_key="t:hist:w", history_fp=fresh),
+        cache.set("t:v:u:x", b"c" * 8, history_key="t:hist:w", history_fp=old),
+        cache.set("t:v:h:2", b"d" * 8),
+    )
+    assert db.info("commandstats")["cmdstat_eval"]["calls"] == before + 1
+    assert [db.get(f"t:v:{k}") for k in ("h:1", "u:w", "u:x", "h:2")] == [
+        b"a" * 8,
+        b"b" * 8,
+        None,
+        b"d" * 8,
+    ]
+    assert 0 < db.ttl("t:v:h:2") <= 60
     await link.close()
 
 
