@@ -583,7 +583,7 @@ def targets(results: list[Result], variant: str = "current") -> list[str]:
             need = 0.60 if r.scenario == "recommend-hit" else 0.35
             ratio = r.rps / ceiling
             out.append(f"- {r.workers} worker(s), {r.scenario} at concurrency 32: "
-                       f"{ratio:.0%} of /healthz (target ≥ {need:.0%}): "
+                       f"{ratio:.1%} of /healthz (target ≥ {need:.0%}): "
                        f"{'met' if ratio >= need else 'NOT met'}")  # fmt: skip
         if r.concurrency == 8 and r.scenario != "healthz":
             out.append(f"- {r.workers} worker(s), {r.scenario} at concurrency 8: p99 "
