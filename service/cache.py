@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from redis.exceptions import NoScriptError, ResponseError
 
 log = logging.getLogger("service.cache")
 
@@ -66,6 +67,9 @@ for i = pairs + 1, #KEYS do
 end
 return out
 """
+
+
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_READ, _WRITE)}
 
 
 class CacheUnavailable(Exception):
@@ -223,6 +227,7 @@ class RedisLink:
             before = len(pipe.command_stack)
             build(pipe)
             sizes.append(len(pipe.command_stack) - before)
+        scripts: list[tuple[int, str, tuple]] = []  # (reply index, script, EVAL arguments)
         if writes:
             writes.sort(key=lambda write: write[0][3] is None)  # compare-and-set first
             keys, args, cas = [], [], 0
@@ -233,16 +238,19 @@ class RedisLink:
                     cas += 1
                 keys.append(key)
                 args += [value, ttl_s]
-            pipe.eval(_WRITE, len(keys), *keys, cas, *args)
+            scripts.append((len(pipe.command_stack), _WRITE, (len(keys), *keys, cas, *args)))
+            pipe.evalsha(_SHA[_WRITE], *scripts[-1][2])
         reads.sort(key=lambda read: read[0] is None)  # pairs first, as _READ takes them
         if reads:
             pairs = [(lk, vk) for lk, vk, _ in reads if lk is not None]
             keys = [key for pair in pairs for key in pair]
             keys += [vk for lk, vk, _ in reads if lk is None]
-            pipe.eval(_READ, len(keys), *keys, len(pairs))
+            scripts.append((len(pipe.command_stack), _READ, (len(keys), *keys, len(pairs))))
+            pipe.evalsha(_SHA[_READ], *scripts[-1][2])
         futures = [f for _, f in pending] + [f for _, f in writes] + [f for *_, f in reads]
         try:
             replies = await pipe.execute(raise_on_error=False)
+            await self._load_missing_scripts(scripts, replies)
         except BaseException as e:
             if isinstance(e, Exception):
                 self._fail(e)
@@ -273,6 +281,16 @@ class RedisLink:
                     failed = isinstance(values, Exception)
                     future.set_result([values] * n if failed else values[pos : pos + n])
                 pos += n
+
+    async def _load_missing_scripts(self, scripts: list, replies: list) -> None:
+        """EVALSHA saves sending the script text with every batch; after a Redis restart
+        (or SCRIPT FLUSH) the server answers NOSCRIPT once, and EVAL runs and reloads it."""
+        for i, script, args in scripts:
+            if isinstance(replies[i], NoScriptError):
+                try:
+                    replies[i] = await self.client.eval(script, *args)
+                except ResponseError as e:  # the script's own error: that entry fails
+                    replies[i] = e
 
     def _fail(self, error: Exception) -> None:
         self._probing = False
