@@ -178,7 +178,7 @@ class RedisLink:
 
         Concurrent requests share one pipeline (one write and one round trip for all of
         them) instead of one round trip each. Returns the replies of ``build``'s commands;
-        a command's own error (e.g. NOSCRIPT) comes back as an exception object.
+        a command's own error (e.g. WRONGTYPE) comes back as an exception object.
         """
         future = self._enqueue()
         self._pending.append((build, future))
@@ -240,8 +240,8 @@ class RedisLink:
                 args += [value, ttl_s]
             scripts.append((len(pipe.command_stack), _WRITE, (len(keys), *keys, cas, *args)))
             pipe.evalsha(_SHA[_WRITE], *scripts[-1][2])
-        reads.sort(key=lambda read: read[0] is None)  # pairs first, as _READ takes them
         if reads:
+            reads.sort(key=lambda read: read[0] is None)  # pairs first, as _READ takes them
             pairs = [(lk, vk) for lk, vk, _ in reads if lk is not None]
             keys = [key for pair in pairs for key in pair]
             keys += [vk for lk, vk, _ in reads if lk is None]

@@ -82,11 +82,15 @@ def dispatched_app() -> FastAPI:
     return app
 
 
+def dispatched_client(root_path: str = "") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=dispatched_app(), root_path=root_path)
+    return httpx.AsyncClient(transport=transport, base_url="http://t")
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_dispatch_answers_lean_routes_and_passes_everything_else_on(anyio_backend):
-    transport = httpx.ASGITransport(app=dispatched_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with dispatched_client() as client:
         r = await client.post("/echo", json={"k": 3})
         assert r.json() == {"k": 3, "route": "/echo", "router": False}
         # the route's errors go through the app's exception handlers
@@ -101,8 +105,7 @@ async def test_dispatch_answers_lean_routes_and_passes_everything_else_on(anyio_
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_dispatch_matches_path_parameters_and_validates_like_fastapi(anyio_backend):
-    transport = httpx.ASGITransport(app=dispatched_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with dispatched_client() as client:
         r = await client.get("/things/7", params={"k": 3})
         assert r.json() == {"id": 7, "k": 3, "route": "/things/{thing_id}", "router": False}
         assert (await client.get("/things/7")).json()["k"] == 10  # the Query default
@@ -116,8 +119,7 @@ async def test_dispatch_matches_path_parameters_and_validates_like_fastapi(anyio
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_dispatch_matches_paths_below_the_root_path(anyio_backend):
-    transport = httpx.ASGITransport(app=dispatched_app(), root_path="/api")  # as --root-path
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with dispatched_client(root_path="/api") as client:  # as --root-path
         r = await client.post("/api/echo", json={"k": 4})
         assert r.json() == {"k": 4, "route": "/echo", "router": False}
         r = await client.get("/api/things/5")

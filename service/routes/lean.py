@@ -44,18 +44,13 @@ class LeanRoute(APIRoute):
         own = get_dependant(path=self.path_format, call=endpoint)  # without router deps
         body = own.body_params
         model = body[0].field_info.annotation if len(body) == 1 else None
-        plain = not (own.dependencies or own.header_params or own.cookie_params)
-        if not (
-            own.request_param_name == "request"
-            and plain
-            and (
-                not body
-                or (
-                    isinstance(model, type)
-                    and issubclass(model, BaseModel)
-                    and not (own.path_params or own.query_params)
-                )
-            )
+        body_is_model = isinstance(model, type) and issubclass(model, BaseModel)
+        params_only = not body
+        extras = own.dependencies or own.header_params or own.cookie_params
+        if (
+            own.request_param_name != "request"
+            or extras
+            or not (params_only or (body_is_model and not (own.path_params or own.query_params)))
         ):
             raise TypeError(
                 f"{endpoint.__name__}: a LeanRoute endpoint is (body: Model, request) or "
