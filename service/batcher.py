@@ -19,7 +19,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from service.engine import Engine, Job, JobResult
+from service.engine import BatchTiming, Engine, Job, JobResult
 from service.metrics import Metrics
 
 log = logging.getLogger("service.batcher")
@@ -30,6 +30,10 @@ class _Ticket:
 
     def __init__(self, engine: Engine, jobs: list[Job], future: asyncio.Future):
         self.engine, self.jobs, self.future = engine, jobs, future
+
+
+# (the tickets of one engine, their results or the exception, timing)
+_Outcome = tuple[list[_Ticket], "list[JobResult] | Exception", "BatchTiming | None"]
 
 
 class Batcher:
@@ -110,24 +114,29 @@ class Batcher:
         """Run every pending search-only ticket, one index search per engine."""
         tickets, self._pending = self._pending, []
         self._flush_scheduled = False
-        self._execute(tickets, lambda engine, jobs: engine.run(jobs))
+        self._settle(self._compute(_by_engine(tickets)))
 
-    def _execute(self, tickets: list[_Ticket], run) -> None:
-        by_engine: dict[int, list[_Ticket]] = {}
-        for ticket in tickets:
-            if not ticket.future.done():
-                by_engine.setdefault(id(ticket.engine), []).append(ticket)
-        for group in by_engine.values():
+    def _compute(self, groups: list[list[_Ticket]]) -> list[_Outcome]:
+        """One ``Engine.run`` per group. Touches no future: it may run on the compute thread."""
+        outcomes = []
+        for group in groups:
             jobs = [job for ticket in group for job in ticket.jobs]
             try:
-                results, timing = run(group[0].engine, jobs)
-            except Exception as e:  # noqa: BLE001 - hand the failure to each request
+                outcomes.append((group, *group[0].engine.run(jobs)))
+            except Exception as e:  # noqa: BLE001 - handed to each request of the group
                 log.exception("batch of %d failed", len(jobs))
+                outcomes.append((group, e, None))
+        return outcomes
+
+    def _settle(self, outcomes: list[_Outcome]) -> None:
+        """Hand each request its slice of its group's results (on the event loop)."""
+        for group, results, timing in outcomes:
+            if isinstance(results, Exception):
                 for ticket in group:
                     if not ticket.future.done():
-                        ticket.future.set_exception(e)
+                        ticket.future.set_exception(results)
                 continue
-            self._observe(len(jobs), timing)
+            self._observe(sum(len(t.jobs) for t in group), timing)
             pos = 0
             for ticket in group:
                 n = len(ticket.jobs)
@@ -148,31 +157,20 @@ class Batcher:
                 ticket = queue.get_nowait()
                 tickets.append(ticket)
                 size += len(ticket.jobs)
-            by_engine: dict[int, list[_Ticket]] = {}
-            for ticket in tickets:
-                if not ticket.future.cancelled():
-                    by_engine.setdefault(id(ticket.engine), []).append(ticket)
-            for group in by_engine.values():
-                jobs = [job for ticket in group for job in ticket.jobs]
-                try:
-                    results, timing = await loop.run_in_executor(
-                        self.executor, group[0].engine.run, jobs
-                    )
-                except asyncio.CancelledError:
-                    for ticket in group:
-                        if not ticket.future.done():
-                            ticket.future.cancel()
-                    raise
-                except Exception as e:  # noqa: BLE001 - hand the failure to each request
-                    log.exception("batch of %d failed", len(jobs))
-                    for ticket in group:
-                        if not ticket.future.done():
-                            ticket.future.set_exception(e)
-                    continue
-                self._observe(len(jobs), timing)
-                pos = 0
-                for ticket in group:
-                    n = len(ticket.jobs)
-                    if not ticket.future.done():
-                        ticket.future.set_result(results[pos : pos + n])
-                    pos += n
+            try:
+                groups = _by_engine(tickets)
+                outcomes = await loop.run_in_executor(self.executor, self._compute, groups)
+            except asyncio.CancelledError:
+                for ticket in tickets:
+                    ticket.future.cancel()
+                raise
+            self._settle(outcomes)
+
+
+def _by_engine(tickets: list[_Ticket]) -> list[list[_Ticket]]:
+    """The live tickets grouped by engine (a reload can leave two in one batch)."""
+    groups: dict[int, list[_Ticket]] = {}
+    for ticket in tickets:
+        if not ticket.future.done():
+            groups.setdefault(id(ticket.engine), []).append(ticket)
+    return list(groups.values())
