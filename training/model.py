@@ -139,11 +139,30 @@ class SASRec(nn.Module):
         causal = nn.Transformer.generate_square_subsequent_mask(cfg.max_len + 1)
         self.register_buffer("causal", causal, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def positioned(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs plus positions, and the causal mask for their length."""
         length = x.shape[1]
-        x = self.dropout(x + self.positions.weight[:length])
-        causal = self.causal[:length, :length]
+        return self.dropout(x + self.positions.weight[:length]), self.causal[:length, :length]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, causal = self.positioned(x)
         return self.norm(self.layers(x, mask=causal, is_causal=True))
+
+    def last(self, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``forward(x)[rows, at]`` (one state per row) for less work: the last layer only
+        attends from position ``at``, the earlier layers run in full. Serving needs one
+        state per user; at 50 items this cuts a quarter of a forward pass."""
+        x, causal = self.positioned(x)
+        *earlier, final = self.layers.layers
+        for layer in earlier:
+            x = layer(x, src_mask=causal, is_causal=True)
+        h = final.norm1(x)
+        rows = torch.arange(x.shape[0])
+        later = torch.arange(x.shape[1]) > at[:, None]  # causal mask of the one query per row
+        attended = final.self_attn(h[rows, at, None], h, h, key_padding_mask=later)[0]
+        y = x[rows, at] + final.dropout1(attended[:, 0])
+        h = final.linear2(final.dropout(final.activation(final.linear1(final.norm2(y)))))
+        return self.norm(y + final.dropout2(h))
 
 
 class GRU4Rec(nn.Module):
@@ -156,6 +175,10 @@ class GRU4Rec(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, _ = self.gru(self.dropout(x))
         return self.out(h)
+
+    def last(self, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``forward(x)[rows, at]``: a recurrence has to run over every position anyway."""
+        return self.forward(x)[torch.arange(x.shape[0]), at]
 
 
 class UserTower(nn.Module):
@@ -170,10 +193,16 @@ class UserTower(nn.Module):
         self.bos = nn.Parameter(torch.randn(cfg.dim) * 0.02)
         self.user_ids = small_embedding(cfg.n_users + 1, cfg.dim) if cfg.user_id_embedding else None
 
+    def with_bos(self, seq: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.bos.expand(seq.shape[0], 1, -1), seq], dim=1)
+
     def encode_sequence(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: [B, L, d] item vectors, right-padded -> [B, L + 1, d] states after BOS + each."""
-        bos = self.bos.expand(seq.shape[0], 1, -1)
-        return self.encoder(torch.cat([bos, seq], dim=1))
+        return self.encoder(self.with_bos(seq))
+
+    def encode_last(self, seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, L, d], [B] -> [B, d]: the state after each row's last valid item."""
+        return self.encoder.last(self.with_bos(seq), lengths)
 
     def encode_features(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self.features(feats)
@@ -197,8 +226,7 @@ class UserTower(nn.Module):
         """
         parts = []
         if seq is not None and self.encoder is not None:
-            states = self.encode_sequence(seq)
-            last = states[torch.arange(seq.shape[0]), lengths]
+            last = self.encode_last(seq, lengths)
             parts.append(last * (lengths > 0).unsqueeze(-1).to(last.dtype))
         if feats is not None and self.features is not None:
             parts.append(self.encode_features(feats))
