@@ -2,8 +2,9 @@
 
 A cache miss runs the user tower on a micro-batch of a few short sequences. In eager
 PyTorch most of that time is Python (module calls, mask and shape handling); the traced
-graph runs the same kernels from C++: identical outputs, 1.8–3× faster per encode for
-micro-batches of 1–16 on the ML-100K ensemble (``python -m bench.tower``).
+graph runs the same kernels from C++: identical outputs, 1.7–2.3× faster per encode for
+micro-batches of 1–32 short sequences on the ML-100K ensemble, 1.2–2.3× for full 50-item
+windows, where the arithmetic weighs more (``python -m bench.tower``).
 ``torch.jit.trace`` is deprecated in favour of ``torch.export``, but an exported module
 measured slower than eager here (2.0 vs 1.3 ms for one user); ``torch.compile`` was not
 tried (it compiles per input shape and needs a C++ toolchain at run time). So the trace is

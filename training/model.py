@@ -10,7 +10,8 @@ User tower: the sum of up to three branches, any of which may be absent:
   features  categorical user features -> MLP -> d
   sequence  the recent items' *item-tower vectors* (shared with the item side), behind a
             learned BOS vector, through a GRU (GRU4Rec-style) or causal self-attention
-            (SASRec-style); every position predicts the next item
+            (SASRec-style); in training every position predicts the next item, while
+            the forward pass computes only each user's last state (``encode_last``)
   user id   an embedding for users known at training time (classic DSSM/NCF)
 Ensemble (``members > 1``): independently trained towers whose vectors are concatenated,
 so their scores add up under one inner product.
