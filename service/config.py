@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     traced_tower: bool = Field(
         True,
         description="Run the user tower as a TorchScript trace (checked against eager at "
-        "load; same outputs, 1.8-3x faster for micro-batches of 1-16).",
+        "load; same outputs, 1.2-2.3x faster for micro-batches of 1-32).",
     )
     microbatch: bool = Field(
         True, description="Run concurrent requests as one forward pass and one search."
