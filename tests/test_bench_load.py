@@ -1,6 +1,6 @@
 """bench.load merges interleaved slices into one row: counts add up, percentiles pool."""
 
-from bench.load import QUANTILES, Slice, merge, pooled_percentile
+from bench.load import QUANTILES, Slice, merge, pooled_percentile, targets
 
 
 def slice_of(requests: int, latency_us: int, duration_us: int = 1_000_000) -> Slice:
@@ -30,6 +30,22 @@ def test_merge_adds_counts_and_rates_over_total_time():
     assert (row.p50_ms, row.p99_ms) == (1.0, 10.0)
     assert (row.errors, row.cache_hits, row.cache_misses) == (2, 4, 6)
     assert row.mean_batch == 2.5  # 20 requests in 8 batches
+    assert row.round_rps == [900.0, 100.0]
+
+
+def test_target_ratio_pools_rounds_and_shows_their_spread():
+    """The ratio is total over total; each round's own ratio (the two slices of a round
+    ran back to back) gives the spread."""
+    healthz = merge("current", 1, "healthz", 32, [slice_of(1000, 1), slice_of(2000, 1)])
+    hit = merge("current", 1, "recommend-hit", 32, [slice_of(700, 1), slice_of(1000, 1)])
+    line = next(t for t in targets([healthz, hit]) if "recommend-hit" in t)
+    assert "56.7% of /healthz (rounds: 50%–70%) (target ≥ 60%): NOT met" in line
+    old = [
+        merge("current", 1, s, 32, [slice_of(n, 1)])
+        for s, n in (("healthz", 10), ("recommend-hit", 7))
+    ]
+    old[0].round_rps = []  # a result saved before rounds were kept
+    assert "70.0% of /healthz (target ≥ 60%): met" in next(t for t in targets(old) if "hit" in t)
 
 
 def test_section_writer_keeps_a_reading_unless_given_a_new_one(tmp_path):
