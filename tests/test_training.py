@@ -290,7 +290,7 @@ def test_features_loss_adds_the_features_alone_objective():
     targets = torch.tensor([[3, 5, 7, -1], [2, 9, 4, 6], [8, 1, -1, -1]])
 
     def batch_loss(features_loss: float) -> torch.Tensor:
-        cfg = TrainConfig(features_loss=features_loss, branch_dropout=0.0)
+        cfg = TrainConfig(features_loss=features_loss, branch_dropout=0.0, mask_seen=False)
         objective = NextItemObjective(model, run.item_feats, run.user_feats, None, cfg, seed=0)
         return objective.eval()(users, targets)
 
@@ -305,14 +305,57 @@ def test_features_loss_adds_the_features_alone_objective():
         assert batch_loss(0.5) == pytest.approx(float(batch_loss(0.0) + 0.5 * alone), rel=1e-5)
 
 
+def test_the_softmax_leaves_out_what_the_user_had_before_each_position():
+    """Hand-made windows: position t of a row masks the row's items before the window and
+    at positions < t, but never its own target (a repeated item)."""
+    from training.data import load_dataset
+    from training.model import TwoTower
+    from training.pipeline import Run, RunConfig
+    from training.train import NextItemObjective, TrainConfig
+
+    run = Run(load_dataset("synthetic"), RunConfig(dim=16, max_len=8))
+    model = TwoTower(run.tower_config("gru"))
+    objective = NextItemObjective(model, run.item_feats, run.user_feats, None, TrainConfig(), 0)
+    targets = torch.tensor([[3, 5, 3, -1], [2, 9, 4, 6]])
+    earlier = torch.tensor([[1], [7]])  # row 1 had item 7 before its window
+    mask = objective.seen_mask(targets, earlier, torch.arange(model.cfg.n_items))
+    masked = [set(torch.nonzero(row).flatten().tolist()) for row in mask]
+    assert masked == [set(), {3}, {5}, {7}, {7, 2}, {7, 2, 9}, {7, 2, 9, 4}]
+    # a sampled candidate set: the same mask on those columns
+    candidates = torch.tensor([2, 3, 4, 5, 6, 9])
+    sampled = objective.seen_mask(targets, earlier, candidates)
+    assert torch.equal(sampled, mask[:, candidates])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_masked_cross_entropy_is_the_cross_entropy_over_the_rows_classes(smoothing):
+    from training.losses import softmax_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.3, 0.2, 0.1, 3.0]])
+    labels = torch.tensor([1, 0])
+    mask = torch.tensor([[True, False, False, True], [False, False, False, False]])
+    by_hand = [
+        torch.nn.functional.cross_entropy(
+            logits[0, [1, 2]][None], torch.tensor([0]), label_smoothing=smoothing
+        ),
+        torch.nn.functional.cross_entropy(logits[1][None], labels[1:], label_smoothing=smoothing),
+    ]
+    got = softmax_cross_entropy(logits, labels, smoothing, mask)
+    assert float(got) == pytest.approx(float(sum(by_hand) / 2), rel=1e-6)
+    unmasked = softmax_cross_entropy(logits, labels, smoothing, None)
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+    assert float(unmasked) == pytest.approx(float(expected))
+
+
 def test_label_smoothing_and_features_loss_through_the_cli(tmp_path):
     result = train_cli(
         tmp_path, "--dataset", "synthetic", *QUICK, "--encoder", "gru",
-        "--label-smoothing", "0.1", "--features-loss", "1.0",
+        "--label-smoothing", "0.1", "--features-loss", "1.0", "--no-mask-seen",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     train_cfg = bundle.read_manifest(bundle.resolve(tmp_path))["config"]["train"]
     assert (train_cfg["label_smoothing"], train_cfg["features_loss"]) == (0.1, 1.0)
+    assert train_cfg["mask_seen"] is False
     models = bundle.load_json(tmp_path, bundle.REPORT_JSON)["models"]
     pop = models["popularity"]["test"]["NDCG@10"]
     assert models["gru"]["test"]["NDCG@10"] > 2 * pop

@@ -61,6 +61,13 @@ def train(
     label_smoothing: Annotated[
         float, Opt(min=0.0, max=0.5, help="Label smoothing of the softmax loss.")
     ] = None,
+    mask_seen: Annotated[
+        bool,
+        Opt(
+            help="Leave the user's earlier items out of each softmax, as evaluation and "
+            "serving exclude them."
+        ),
+    ] = None,
     features_loss: Annotated[
         float,
         Opt(

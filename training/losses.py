@@ -22,12 +22,35 @@ def choose(loss: str, n_items: int) -> str:
     return "full" if n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
 
 
-def full_softmax(
-    users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0
+def softmax_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    smoothing: float = 0.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """users [P, d], items [n_items, d], targets [P] (0-based item ids). ``smoothing``:
-    label smoothing (the target keeps 1 - smoothing, the rest is spread evenly)."""
-    return F.cross_entropy(users @ items.T, targets, label_smoothing=smoothing)
+    """Mean cross-entropy of [P, C] logits; ``mask`` [P, C] True = not a class for that
+    row. ``smoothing``: the label keeps 1 - smoothing, the rest is spread evenly over the
+    row's classes (F.cross_entropy's label smoothing, restricted to unmasked classes)."""
+    if mask is None:
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+    logp = logits.masked_fill(mask, float("-inf")).log_softmax(-1)
+    nll = -logp.gather(1, labels[:, None]).squeeze(1)
+    if smoothing:
+        spread = -logp.masked_fill(mask, 0.0).sum(-1) / (~mask).sum(-1)
+        nll = (1 - smoothing) * nll + smoothing * spread
+    return nll.mean()
+
+
+def full_softmax(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    smoothing: float = 0.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """users [P, d], items [n_items, d], targets [P] (0-based item ids); ``mask`` [P,
+    n_items] True = left out of that row's softmax."""
+    return softmax_cross_entropy(users @ items.T, targets, smoothing, mask)
 
 
 def sampled_softmax(
@@ -38,12 +61,13 @@ def sampled_softmax(
     item_freq: torch.Tensor,
     n_uniform: int,
     smoothing: float = 0.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """users [P, d]; candidates [C] sorted unique item ids containing every target, with
     their vectors [C, d]; item_freq [n_items] training frequencies (sums to 1);
-    ``smoothing`` spreads over the candidates."""
+    ``mask`` [P, C] True = left out of that row's softmax."""
     n_items = item_freq.numel()
     expected = len(targets) * item_freq[candidates] + n_uniform / n_items
     logits = users @ candidate_vectors.T - torch.log(expected.clamp(max=1.0))
     labels = torch.searchsorted(candidates, targets)
-    return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+    return softmax_cross_entropy(logits, labels, smoothing, mask)

@@ -3,8 +3,10 @@
 Each step takes a batch of users, a window of at most ``max_len + 1`` of their training
 items, and asks the user tower at every position (BOS, item 1, ..., item n-1) for the
 next item, scored against the item tower's vectors of the whole catalog (or a sampled
-subset). Branch dropout hides the feature or the sequence branch for some users, so
-features-only (cold user) and sequence-only (anonymous session) requests both work.
+subset), minus the items the user already had before that position: evaluation and
+serving exclude those, so the softmax need not learn to push them down. Branch dropout
+hides the feature or the sequence branch for some users, so features-only (cold user) and
+sequence-only (anonymous session) requests both work.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class TrainConfig:
     branch_dropout: float = 0.15  # per user: hide features (or sequence) with this probability
     item_id_dropout: float = 0.05  # per step: embed this share of items from features alone
     label_smoothing: float = 0.0
+    mask_seen: bool = True  # drop the user's earlier items from each softmax, as evaluation does
     features_loss: float = 0.0  # weight of the cold-user loss: features alone predict the window
     patience: int = 15  # epochs without validation NDCG@10 improvement before stopping
     ema: float = 0.99  # > 0: validate and keep an exponential moving average of the weights
@@ -71,17 +74,24 @@ class Batcher:
             yield self.batch(users[start : start + batch_size])
 
     def batch(self, users: np.ndarray) -> dict[str, torch.Tensor]:
-        windows = []
-        for u in users:
+        """``targets`` [B, W] windows right-padded with -1; ``earlier`` [2, E] the (row,
+        item) pairs of each user's training items before the window."""
+        windows, earlier = [], []
+        for row, u in enumerate(users):
             seq = self.sequences[u]
             slack = len(seq) - self.window
             start = self.rng.integers(0, slack + 1) if slack > 0 else 0
             windows.append(seq[start : start + self.window])
+            earlier.append(np.stack([np.full(start, row), seq[:start]]))
         width = max(len(w) for w in windows)
         targets = np.full((len(users), width), -1, dtype=np.int64)  # -1 = padding
         for row, w in enumerate(windows):
             targets[row, : len(w)] = w
-        return {"users": torch.as_tensor(users), "targets": torch.as_tensor(targets)}
+        return {
+            "users": torch.as_tensor(users),
+            "targets": torch.as_tensor(targets),
+            "earlier": torch.as_tensor(np.concatenate(earlier, axis=1).astype(np.int64)),
+        }
 
 
 class NextItemObjective(torch.nn.Module):
@@ -123,8 +133,31 @@ class NextItemObjective(torch.nn.Module):
             keep_seq, keep_feat = torch.zeros(n), torch.ones(n)
         return keep_seq, keep_feat
 
-    def forward(self, users: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """users [B] internal ids; targets [B, W] item windows right-padded with -1."""
+    def seen_mask(
+        self, targets: torch.Tensor, earlier: torch.Tensor | None, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """[P, C] True where candidate c is an item the user had before valid position p
+        (earlier in the window, or before it): evaluation excludes those items, so the
+        softmax should not spend its mass pushing them down. The target stays unmasked
+        (logs may repeat items)."""
+        n_rows, width = targets.shape
+        valid = targets >= 0
+        rows, cols = valid.nonzero(as_tuple=True)  # the order of targets[valid]
+        first = torch.full((n_rows, self.model.cfg.n_items), width, dtype=torch.int16)
+        if earlier is not None and earlier.numel():
+            first[earlier[0], earlier[1]] = -1
+        flat = rows * self.model.cfg.n_items + targets[valid]
+        first.view(-1).scatter_reduce_(0, flat, cols.to(torch.int16), reduce="amin")
+        mask = first[:, candidates][rows] < cols[:, None]
+        target_col = torch.searchsorted(candidates, targets[valid])
+        mask[torch.arange(len(rows)), target_col] = False
+        return mask
+
+    def forward(
+        self, users: torch.Tensor, targets: torch.Tensor, earlier: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """users [B] internal ids; targets [B, W] item windows right-padded with -1;
+        earlier [2, E] (row, item) pairs of the users' items before their windows."""
         n_items, valid, inputs = self.model.cfg.n_items, targets >= 0, targets[:, :-1]
         if self.loss_kind == "full":
             candidates = torch.arange(n_items)
@@ -151,23 +184,29 @@ class NextItemObjective(torch.nn.Module):
         if tower.user_ids is not None:
             keep_id = torch.rand(len(users), generator=self.gen) >= self.cfg.branch_dropout
             u = u + (tower.user_ids(users + 1) * keep_id[:, None])[:, None, :]
-        loss = self.loss(u[valid], targets[valid], candidates, cand_vectors)
+        mask = self.seen_mask(targets, earlier, candidates) if self.cfg.mask_seen else None
+        loss = self.loss(u[valid], targets[valid], candidates, cand_vectors, mask)
         if cold is not None and self.cfg.features_loss > 0 and tower.encoder is not None:
             # every user's features alone, asked for every item of the window
             cold = cold[:, None, :].expand(*targets.shape, -1)[valid]
             loss = loss + self.cfg.features_loss * self.loss(
-                cold, targets[valid], candidates, cand_vectors
+                cold, targets[valid], candidates, cand_vectors, mask
             )
         return loss
 
     def loss(
-        self, u: torch.Tensor, y: torch.Tensor, candidates: torch.Tensor, vectors: torch.Tensor
+        self,
+        u: torch.Tensor,
+        y: torch.Tensor,
+        candidates: torch.Tensor,
+        vectors: torch.Tensor,
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
         smoothing = self.cfg.label_smoothing
         if self.loss_kind == "full":
-            return losses.full_softmax(u, vectors, y, smoothing)
+            return losses.full_softmax(u, vectors, y, smoothing, mask)
         return losses.sampled_softmax(
-            u, vectors, candidates, y, self.item_freq, self.cfg.uniform_negatives, smoothing
+            u, vectors, candidates, y, self.item_freq, self.cfg.uniform_negatives, smoothing, mask
         )
 
 
@@ -209,7 +248,7 @@ class Trainer:
         self.step.train()
         total, steps = 0.0, 0
         for batch in self.batcher.epoch(users, self.cfg.batch_size):
-            loss = self.step(batch["users"], batch["targets"])
+            loss = self.step(batch["users"], batch["targets"], batch["earlier"])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
