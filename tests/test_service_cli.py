@@ -131,6 +131,15 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def listening_sockets(port: int) -> int:
+    """LISTEN sockets on 127.0.0.1:``port``, from Linux's /proc/net/tcp."""
+    count = 0
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        count += local == f"0100007F:{port:04X}" and state == "0A"
+    return count
+
+
 def test_serve_runs_uvicorn_with_two_workers(served_root, redis_server, tmp_path):
     port = redis_helper.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -186,6 +195,11 @@ def test_serve_runs_uvicorn_with_two_workers(served_root, redis_server, tmp_path
             if line.startswith("towerrec_cache_hits_total")
         )
         assert hits == 5  # aggregated over both workers
+        if sys.platform.startswith("linux"):  # one socket per worker: connections spread
+            deadline = time.monotonic() + 30
+            while listening_sockets(port) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert listening_sockets(port) == 2
     finally:
         stop(proc)
 
