@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from service.render import ItemFragments
-from service.traced import TracedTower
+from service.traced import Inputs, TracedTower
 from training import bundle
 from training.bundle import BundleError
 from training.features import FeatureSpec
@@ -208,9 +208,14 @@ class Engine:
                     out.append(i)
         return out
 
-    # --- compute (runs on the compute thread) -------------------------------------------
+    # --- compute -------------------------------------------------------------------------
     def encode(self, queries: list[Query]) -> np.ndarray:
         """One user-tower forward pass for all queries -> float32 [n, d]."""
+        return self.forward_inputs(self.tower_inputs(queries))
+
+    def tower_inputs(self, queries: list[Query]) -> Inputs:
+        """The tower's input tensors for ``queries`` (Python and numpy work: the batcher
+        builds them on the event loop, see ``forward_inputs``)."""
         n, d = len(queries), self.cfg.vector_dim
         feats = seq = lengths = user_ids = None
         if self.has_features:
@@ -234,8 +239,16 @@ class Engine:
             lengths = torch.tensor(lens, dtype=torch.long)
         if self.has_user_ids:
             user_ids = torch.tensor([q.user_index for q in queries], dtype=torch.long)
+        return feats, seq, lengths, user_ids
+
+    def forward_inputs(self, inputs: Inputs) -> np.ndarray:
+        """The forward pass alone -> float32 [n, d]: one call into torch, which releases
+        the GIL while it computes. This is all the compute thread runs, so it takes the
+        GIL only to start and to finish; with the input building and the search there
+        too, it took it ~10 times per batch, and each time it waited for the event loop
+        (docs/BENCHMARKS.md, "Load")."""
         with torch.inference_mode():
-            out = self.forward(feats, seq, lengths, user_ids)
+            out = self.forward(*inputs)
         return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
 
     def _search_subset(

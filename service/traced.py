@@ -28,6 +28,7 @@ from training.features import FeatureSpec
 
 log = logging.getLogger("service.traced")
 
+# what the user tower takes: features by name, item-vector sequences, lengths, user ids
 Inputs = tuple[
     dict[str, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None
 ]
