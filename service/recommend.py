@@ -315,7 +315,9 @@ async def answer(plans: list[Plan], engine: Engine, runtime: Runtime) -> list[st
                     history_fp=history_fingerprint(p.events) if p.history_key else None,
                 )
             )
-    if writes:
+    if len(writes) == 1:  # the common case: no task for gather to create
+        await writes[0]
+    elif writes:
         await asyncio.gather(*writes)
 
     out = []
