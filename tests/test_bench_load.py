@@ -1,6 +1,13 @@
-"""bench.load merges interleaved slices into one row: counts add up, percentiles pool."""
+"""bench.load merges interleaved slices into one row: counts add up, percentiles pool;
+the naive reference endpoint answers what the issue describes and is compared with."""
 
-from bench.load import QUANTILES, Slice, merge, pooled_percentile, targets
+import numpy as np
+import pytest
+import test_service_support as support
+
+from bench.load import QUANTILES, Slice, merge, pooled_percentile, reference_lines, targets
+
+anyio_backend, served_root = support.anyio_backend, support.served_root  # fixtures
 
 
 def slice_of(requests: int, latency_us: int, duration_us: int = 1_000_000) -> Slice:
@@ -60,3 +67,52 @@ def test_section_writer_keeps_a_reading_unless_given_a_new_one(tmp_path):
     text = doc.read_text()
     assert text.count("### Reading") == 1 and "new words" in text and "old words" not in text
     assert text.endswith("## Quality\n\nq\n") and "old table" not in text
+
+
+def test_reference_lines_compare_recommend_with_the_naive_endpoint_of_the_same_rounds():
+    def row(variant, scenario, *rounds):
+        return merge(variant, 1, scenario, 32, [slice_of(n, 1) for n in rounds])
+
+    results = [
+        row("current", "healthz", 1000, 1000),
+        row("naive-endpoint", "healthz", 1200, 1200),
+        row("current", "recommend-hit", 500, 700),
+        row("current", "recommend-miss", 300, 300),
+        row("naive-endpoint", "naive", 500, 500),
+    ]
+    lines = reference_lines(results)
+    assert lines == [
+        "- 1 worker(s), the naive endpoint at concurrency 32: 41.7% of its own /healthz "
+        "(rounds: 42%–42%) (the issue's calibration: about 50 %)",
+        "- 1 worker(s), recommend-hit at concurrency 32: 1.20× the naive endpoint's req/s "
+        "(rounds: 1.00–1.40) (target > 1, it should beat it): met",
+        "- 1 worker(s), recommend-miss at concurrency 32: 0.60× the naive endpoint's req/s "
+        "(rounds: 0.60–0.60) (no target; 35 % of /healthz is 0.7× at the issue's calibration)",
+    ]
+    assert lines[1] in targets(results)
+    assert reference_lines([r for r in results if r.variant == "current"]) == []
+
+
+@pytest.mark.anyio
+async def test_naive_endpoint_answers_the_top_10_of_the_mean_item_vector(served_root, monkeypatch):
+    import httpx
+
+    from bench import naive
+    from index import ItemIndex
+
+    monkeypatch.setenv("ARTIFACTS_DIR", str(served_root / "current"))
+    index = ItemIndex.load(served_root / "current")
+    ids = list(index.item_ids)
+    vectors = index.vectors(np.arange(len(ids)))
+    transport = httpx.ASGITransport(app=naive.app)
+    async with (
+        naive.lifespan(naive.app),
+        httpx.AsyncClient(transport=transport, base_url="http://bench") as client,
+    ):
+        got = (await client.post("/naive", json={"recent_items": ids[:3]})).json()["items"]
+        unknown = await client.post("/naive", json={"recent_items": ["no-such-item"]})
+        assert unknown.status_code == 422
+        assert (await client.get("/readyz")).status_code == 200
+    scores = vectors @ vectors[:3].mean(0)
+    assert [it["item_id"] for it in got] == [ids[i] for i in np.argsort(-scores)[: naive.K]]
+    assert [it["score"] for it in got] == pytest.approx(sorted(scores, reverse=True)[: naive.K])
