@@ -7,9 +7,9 @@
   ``BATCH_WINDOW_MS`` optionally waits a little longer for more requests before a batch
   starts (0 = never wait: at low load a request runs alone at once, at high load batches
   form by themselves). The compute thread runs the forward pass only
-  (``Engine.forward_inputs``, which holds the GIL just to start and finish); the inputs
-  are built before it on the event loop, and the batch's search runs after it on the
-  event loop too, like the inline searches below (on the compute thread with
+  (``Engine.forward_inputs``: one call into the traced tower, which releases the GIL);
+  the inputs are built before it on the event loop, and the batch's search runs after it
+  on the event loop too, like the inline searches below (on the compute thread with
   ``INLINE_SEARCH`` off). With all three on the compute thread it took the GIL ~10 times
   per batch, waiting for the loop each time: a cache miss cost ~10 % more CPU.
 - Search-only work (cache hits, similar items) is one FAISS call of ~0.1 ms, cheaper than

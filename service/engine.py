@@ -242,11 +242,10 @@ class Engine:
         return feats, seq, lengths, user_ids
 
     def forward_inputs(self, inputs: Inputs) -> np.ndarray:
-        """The forward pass alone -> float32 [n, d]: one call into torch, which releases
-        the GIL while it computes. This is all the compute thread runs, so it takes the
-        GIL only to start and to finish; with the input building and the search there
-        too, it took it ~10 times per batch, and each time it waited for the event loop
-        (docs/BENCHMARKS.md, "Load")."""
+        """The forward pass alone -> float32 [n, d]: one traced call into torch, which
+        releases the GIL while it computes. This is all the compute thread runs; with the
+        input building and the search there too, it took the GIL ~10 times per batch,
+        each time waiting for the event loop (docs/BENCHMARKS.md, "Load")."""
         with torch.inference_mode():
             out = self.forward(*inputs)
         return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
