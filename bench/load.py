@@ -510,7 +510,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[Result], dict]:
                 for concurrency in args.concurrency:
                     slices: dict[tuple[str, str], list[Slice]] = {}
                     for _ in range(args.slices):
-                        for scenario in (*SCENARIOS, "naive"):
+                        for scenario in dict.fromkeys((*SCENARIOS, *REFERENCE_SCENARIOS)):
                             for name, server, scenarios in runs:
                                 if scenario not in scenarios:
                                     continue

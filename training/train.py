@@ -141,15 +141,20 @@ class NextItemObjective(torch.nn.Module):
         softmax should not spend its mass pushing them down. The target stays unmasked
         (logs may repeat items)."""
         n_rows, width = targets.shape
+        n_cand = len(candidates)
         valid = targets >= 0
         rows, cols = valid.nonzero(as_tuple=True)  # the order of targets[valid]
-        first = torch.full((n_rows, self.model.cfg.n_items), width, dtype=torch.int16)
+        target_col = torch.searchsorted(candidates, targets[valid])  # targets are candidates
+        # first[r, c]: the first position at which row r had candidate c (-1: before the
+        # window), over candidate columns only, so a sampled softmax stays [rows, C]
+        first = torch.full((n_rows, n_cand), width, dtype=torch.int16)
         if earlier is not None and earlier.numel():
-            first[earlier[0], earlier[1]] = -1
-        flat = rows * self.model.cfg.n_items + targets[valid]
+            col = torch.searchsorted(candidates, earlier[1]).clamp(max=n_cand - 1)
+            known = candidates[col] == earlier[1]
+            first[earlier[0][known], col[known]] = -1
+        flat = rows * n_cand + target_col
         first.view(-1).scatter_reduce_(0, flat, cols.to(torch.int16), reduce="amin")
-        mask = first[:, candidates][rows] < cols[:, None]
-        target_col = torch.searchsorted(candidates, targets[valid])
+        mask = first[rows] < cols[:, None]
         mask[torch.arange(len(rows)), target_col] = False
         return mask
 
