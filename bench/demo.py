@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from bench._common import ROOT, machine, write_section
+from bench._common import ROOT, machine, stop_group, write_section
 
 TARGET = {"training": 60.0, "total": 180.0}  # seconds, from the issue (the total includes install)
 
@@ -110,13 +109,7 @@ def run_demo(clone: Path, timeout: float) -> dict:
                 pass
             time.sleep(0.1)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc, timeout=30)
         reader.join(timeout=5)
     return {"marks": marks, "request": body, "answer": answer.json(), "log": lines}
 
