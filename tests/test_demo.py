@@ -29,7 +29,8 @@ def test_make_demo_trains_the_demo_config_on_synthetic_and_the_defaults_on_real_
     assert "pip install -e .\n" in synthetic and "[dev]" not in synthetic  # runtime only
     real = make_dry_run("DATA=/data/ml-100k")
     assert "--config" not in real and "--dataset ml-100k --data-dir /data/ml-100k" in real
-    assert "--config training/configs/demo.toml" in make_dry_run("DATA=/d", "CONFIG=training/configs/demo.toml")
+    demo_on_real = make_dry_run("DATA=/d", "CONFIG=training/configs/demo.toml")
+    assert "--config training/configs/demo.toml --dataset ml-100k --data-dir /d" in demo_on_real
 
 
 def test_demo_config_trains_end_to_end_and_beats_popularity(tmp_path):
