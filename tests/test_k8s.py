@@ -7,16 +7,23 @@ kustomization is rendered here from its ``resources`` list (and compared with
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 from cli_help import assert_real_command
 from fastapi.testclient import TestClient
+from redis_server import free_port
 
 from service.app import create_app
 from service.config import Settings
@@ -221,6 +228,65 @@ def test_api_runs_as_the_image_user_on_a_read_only_root():
     assert "/tmp" in mounts  # PROMETHEUS_MULTIPROC_DIR for --workers > 1 lives there
     artifacts = Path(api_env()["ARTIFACTS_DIR"]["value"]).parent.as_posix()
     assert mounts[artifacts]["readOnly"] is True
+
+
+READ_ONLY_ROOT = """
+mount --bind "$BUNDLE" "$MNT" && mount -o remount,bind,ro "$MNT"  # the bundle volume
+mount -t tmpfs -o size=256m tmpfs /tmp                             # the /tmp emptyDir
+mount --bind / / && mount -o remount,bind,ro /                     # readOnlyRootFilesystem
+touch /probe 2>/dev/null && { echo "root is writable" >&2; exit 3; }
+exec "$@"
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a read-only root needs a mount namespace: root and util-linux's unshare",
+)
+def test_api_container_serves_from_a_read_only_root(bundle_root):
+    """The API container as the manifest runs it (command, ConfigMap env, workers) with
+    what its securityContext and volumes leave writable: /tmp only, the bundle read-only.
+    Probes answer without a key, /recommend and the workers' merged /metrics with one."""
+    writable = [m["mountPath"] for m in API["volumeMounts"] if not m.get("readOnly")]
+    assert writable == ["/tmp"], "READ_ONLY_ROOT provides a writable /tmp and nothing else"
+    assert API["securityContext"]["readOnlyRootFilesystem"] is True
+    mnt = Path(tempfile.mkdtemp(prefix="towerrec-ro-", dir="/dev/shm"))  # outside / and /tmp
+    port = free_port()
+    cmd = list(API["command"])
+    cmd[cmd.index("--port") + 1], cmd[cmd.index("--host") + 1] = str(port), "127.0.0.1"
+    env = {k: v["value"] for k, v in api_env().items() if "value" in v}
+    env |= {"ARTIFACTS_DIR": str(mnt / "current"), "API_KEY": "k8s-test-key"}
+    env |= {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "BUNDLE": str(bundle_root)}
+    env |= {"MNT": str(mnt), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh"]
+        + cmd,
+        cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url, key = f"http://127.0.0.1:{port}", {"X-API-Key": "k8s-test-key"}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "not ready in 120 s"
+            try:
+                if httpx.get(url + API["readinessProbe"]["httpGet"]["path"]).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        assert httpx.get(url + API["livenessProbe"]["httpGet"]["path"]).status_code == 200
+        body = {"recent_items": ["1", "2", "3"], "k": 5}
+        answer = httpx.post(url + "/recommend", json=body, headers=key, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()["items"]) == 5
+        metrics = httpx.get(url + "/metrics", headers=key, timeout=30)
+        assert metrics.status_code == 200 and "towerrec" in metrics.text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        mnt.rmdir()
 
 
 # -- service, autoscaler, disruption budget ------------------------------------------
