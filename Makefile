@@ -12,23 +12,33 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
+# Synthetic data (no DATA): the one-minute demo configuration. Real data (DATA=...): the
+# full default training, whose quality docs/BENCHMARKS.md reports; CONFIG=FILE either way.
 ifeq ($(DATA),)
 TRAIN_DATA := --dataset synthetic
+CONFIG ?= training/configs/demo.toml
 else
 TRAIN_DATA := --dataset $(DATASET) --data-dir $(DATA)
+CONFIG ?=
 endif
+TRAIN_CONFIG := $(if $(CONFIG),--config $(CONFIG))
 
 .PHONY: demo test bench lint install redis-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The demo needs only the runtime; tests, lint and benchmarks add the dev tools.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --upgrade pip >/dev/null
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-dev
 
 # Installs Debian's redis-server when it is missing (root or sudo).
 redis-server:
@@ -36,9 +46,9 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
 
-demo: install
-	$(BIN)/python -m training train $(TRAIN_DATA) --encoder $(ENCODER) --out $(ARTIFACTS) \
-	  --if-changed --index $(INDEX_KIND)
+demo: $(VENV)/.installed
+	$(BIN)/python -m training train $(TRAIN_CONFIG) $(TRAIN_DATA) --encoder $(ENCODER) \
+	  --out $(ARTIFACTS) --if-changed --index $(INDEX_KIND)
 	$(BIN)/python -m service examples --bundle $(ARTIFACTS)/current --url http://$(HOST):$(PORT)
 	ARTIFACTS_DIR=$(ARTIFACTS)/current $(BIN)/python -m service serve --host $(HOST) --port $(PORT)
 
@@ -50,6 +60,7 @@ bench: install redis-server
 	$(BIN)/python -m bench.index
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.tower
+	$(BIN)/python -m bench.demo
 
 lint: install
 	$(BIN)/ruff check service training index tests bench

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +50,16 @@ def write_section(heading: str, text: str, path: Path = DOC) -> None:
     else:
         updated = current.rstrip() + "\n\n" + text.rstrip() + "\n"
     path.write_text(updated.rstrip() + "\n")
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``);
+    SIGKILL it if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

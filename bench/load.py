@@ -39,7 +39,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench._common import machine, write_section
+from bench._common import machine, stop_group, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("healthz", "similar", "recommend-hit", "recommend-miss")
@@ -153,13 +152,7 @@ class Server:
         wait_http(f"{self.url}/readyz", self.proc)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
