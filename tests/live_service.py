@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def live_service(env: dict[str, str], workers: int = 1, timeout: float = 120) ->
         yield live
     finally:
         _stop(proc)
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def _wait_ready(live: Live, timeout: float) -> None:
