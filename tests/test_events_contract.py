@@ -191,3 +191,50 @@ async def test_redis_paused_past_the_timeout_the_answer_says_what_was_recorded(
             await asyncio.sleep(0.2)
         for n, user in enumerate(users):  # each event exactly once, whatever happened
             assert history(redis_backend, user) == [items[n % 4]], user
+
+
+async def test_ids_cannot_reach_another_users_keys(served_root, redis_backend, cat):
+    """User and event ids are client text: braces and colons in them must not make one
+    user's key equal to another's (e.g. user ``a``'s id marker for event ``x}:hist`` and
+    the history of user ``a}:event:x``), in either order of arrival."""
+    item = cat["items"][0]["id"]
+    pairs = [
+        ({"user_id": "a", "event_id": "x}:hist"}, {"user_id": "a}:event:x"}),
+        ({"user_id": "b}:event:y"}, {"user_id": "b", "event_id": "y}:hist"}),
+    ]
+    async with serve(settings(served_root, **redis_backend.settings)) as (client, _):
+        for first, second in pairs:
+            for who in (first, second):
+                r = await client.post("/events", json={**who, "item_id": item})
+                assert r.status_code == 200, r.text
+                assert r.json()["recorded"] == 1, (who, r.json())
+            for who in (first, second):
+                assert history(redis_backend, who["user_id"]) == [item], who
+
+
+async def test_a_vector_key_of_the_wrong_type_is_a_miss_for_that_user_only(
+    served_root, redis_backend, cat
+):
+    users = [u["id"] for u in cat["users"] if u["history"]][:3]
+    db = redis_backend.client()
+    db.rpush(f"towerrec:{{u:{users[0]}}}:vec:{cat['version']}", "a list, not a vector")
+    db.close()
+    async with serve(settings(served_root, **redis_backend.settings)) as (client, _):
+        for user in users:
+            r = await client.post("/recommend", json={"user_id": user, "k": 5})
+            assert r.status_code == 200 and len(r.json()["items"]) == 5, r.text
+        for user in users[1:]:
+            again = (await client.post("/recommend", json={"user_id": user})).json()
+            assert again["cache"] == "hit", again
+        bad = (await client.post("/recommend", json={"user_id": users[0]})).json()
+        assert bad["cache"] in ("off", "miss") and len(bad["items"]) == 10
+
+
+async def test_histories_expire_by_default(served_root, redis_backend, cat):
+    """Memory cannot grow without bound: an idle user's history has a TTL by default."""
+    async with serve(settings(served_root, **redis_backend.settings)) as (client, _):
+        r = await client.post("/events", json={"user_id": "idle", "item_id": cat["items"][0]["id"]})
+        assert r.status_code == 200, r.text
+    db = redis_backend.client()
+    assert db.ttl(hist_key("idle")) > 0
+    db.close()
