@@ -606,18 +606,17 @@ def comparison(results: list[Result]) -> str:
 
 
 def targets(results: list[Result], variant: str = "current") -> list[str]:
+    """The issue's targets: p99 <= 15 ms at concurrency 8, zero errors, and (in
+    ``reference_lines``) cache hits >= 1.0x and misses >= 0.6x the naive endpoint's req/s
+    at concurrency 32. The share of /healthz is printed for reading, not as a target."""
     out = []
     base = ceilings(results)
-    mine = [r for r in results if r.variant == variant]
-    for r in mine:
+    for r in (r for r in results if r.variant == variant):
         ceiling = base.get((r.variant, r.workers, r.concurrency))
         if r.concurrency == 32 and ceiling and r.scenario.startswith("recommend"):
-            need = 0.60 if r.scenario == "recommend-hit" else 0.35
-            ratio = r.rps / ceiling.rps
             rounds = round_ratios(r, ceiling)
             out.append(f"- {r.workers} worker(s), {r.scenario} at concurrency 32: "
-                       f"{ratio:.1%} of /healthz{spread(rounds, '.0%')} (target ≥ {need:.0%}): "
-                       f"{'met' if ratio >= need else 'NOT met'}")  # fmt: skip
+                       f"{r.rps / ceiling.rps:.1%} of /healthz{spread(rounds, '.0%')}")  # fmt: skip
         if r.concurrency == 8 and r.scenario != "healthz":
             out.append(f"- {r.workers} worker(s), {r.scenario} at concurrency 8: p99 "
                        f"{r.p99_ms:.1f} ms (target ≤ 15 ms): "
@@ -634,8 +633,7 @@ def spread(rounds: list[float], fmt: str) -> str:
 
 def reference_lines(results: list[Result], variant: str = "current") -> list[str]:
     """/recommend against the naive endpoint (bench.naive) of the same rounds, at
-    concurrency 32. The issue calibrates its targets with that endpoint: about 50 % of
-    /healthz, and "the cache-hit path should beat" it."""
+    concurrency 32: the issue's targets are >= 1.0x for cache hits and >= 0.6x for misses."""
     by_key = {(r.variant, r.workers, r.scenario, r.concurrency): r for r in results}
     out = []
     for r in results:
@@ -653,11 +651,8 @@ def reference_lines(results: list[Result], variant: str = "current") -> list[str
             ratio = r.rps / naive.rps
             line = (f"- {r.workers} worker(s), {r.scenario} at concurrency 32: {ratio:.2f}× the "
                     f"naive endpoint's req/s{spread(round_ratios(r, naive), '.2f')}")  # fmt: skip
-            if r.scenario == "recommend-hit":
-                line += f" (target > 1, it should beat it): {'met' if ratio > 1 else 'NOT met'}"
-            else:
-                line += " (no target; 35 % of /healthz is 0.7× at the issue's calibration)"
-            out.append(line)
+            need = 1.0 if r.scenario == "recommend-hit" else 0.6
+            out.append(f"{line} (target ≥ {need:.1f}×): {'met' if ratio >= need else 'NOT met'}")
     return out
 
 
@@ -719,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra service environment (e.g. MICROBATCH=false)",
+        help="extra service environment (e.g. TRACED_TOWER=false)",
     )
     p.add_argument(
         "--baseline",

@@ -2,7 +2,7 @@
 environment; tests call ``create_app(Settings(...))``.
 
 The bundle is loaded in the lifespan (startup), not at import: a missing bundle leaves
-the process up with /readyz reporting why, and the watcher loads it once it appears.
+the process up with /readyz answering 503, and the watcher loads it once it appears.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from service.config import Settings
+from service.core import errors
+from service.core.config import Settings
+from service.core.security import BodyGuardMiddleware, require_api_key
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, docs, events, health, items, recommend
-from service.routes.lean import LeanDispatch
 from service.runtime import Runtime
-from service.security import BodySizeLimitMiddleware, require_api_key
 
 DESCRIPTION = """Candidate retrieval: a two-tower user encoder + a FAISS inner-product index.
 
@@ -43,13 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        runtime = Runtime(settings, metrics)
-        app.state.runtime = runtime
-        await runtime.start()
+        app.state.runtime = Runtime(settings, metrics)
+        await app.state.runtime.start()
         try:
             yield
         finally:
-            await runtime.stop()
+            await app.state.runtime.stop()
 
     app = FastAPI(
         title="towerrec",
@@ -60,27 +59,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
+    app.state.settings, app.state.metrics = settings, metrics
+    errors.install(app)
 
     protected = [Depends(require_api_key)]
     app.include_router(health.public)
-    app.include_router(health.protected)
+    app.include_router(health.router, dependencies=protected)
     app.include_router(recommend.router, dependencies=protected)
-    app.include_router(items.hot, dependencies=protected)
     app.include_router(items.router, dependencies=protected)
     app.include_router(events.router, dependencies=protected)
     app.include_router(admin.router)
     app.include_router(docs.build_router([] if settings.public_docs else protected))
 
-    # first added = innermost: metrics and the body limit still see every request
-    app.add_middleware(
-        LeanDispatch,
-        routes=recommend.router.routes + items.hot.routes,
-        exception_handlers=app.exception_handlers,
-    )
-    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyGuardMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every request
     return app
 
 

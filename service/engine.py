@@ -41,10 +41,9 @@ class Query:
 
 @dataclass
 class Job:
-    """One row of a micro-batch: encode (if ``vector`` is None) then search."""
+    """One search: the top ``k`` items for ``vector``, without ``exclude``."""
 
-    query: Query | None
-    vector: np.ndarray | None
+    vector: np.ndarray
     k: int
     exclude: set[int]
     allowed: Subset | None = None  # metadata filter: search only these items
@@ -58,20 +57,6 @@ class Subset:
     ids: np.ndarray
     vectors: np.ndarray
     scale: np.ndarray | None  # 1/|v| when the index is normalised (cosine scores)
-
-
-@dataclass
-class JobResult:
-    vector: np.ndarray
-    ids: list[int]
-    scores: list[float]
-
-
-@dataclass
-class BatchTiming:
-    inference_s: float = 0.0
-    search_s: float = 0.0
-    encoded: int = 0
 
 
 def bundle_stamp(path: str | Path) -> tuple[str, int, int]:
@@ -214,8 +199,8 @@ class Engine:
         return self.forward_inputs(self.tower_inputs(queries))
 
     def tower_inputs(self, queries: list[Query]) -> Inputs:
-        """The tower's input tensors for ``queries`` (Python and numpy work: the batcher
-        builds them on the event loop, see ``forward_inputs``)."""
+        """The tower's input tensors for ``queries`` (Python and numpy work, built on the
+        event loop; see service.batcher)."""
         n, d = len(queries), self.cfg.vector_dim
         feats = seq = lengths = user_ids = None
         if self.has_features:
@@ -243,9 +228,7 @@ class Engine:
 
     def forward_inputs(self, inputs: Inputs) -> np.ndarray:
         """The forward pass alone -> float32 [n, d]: one traced call into torch, which
-        releases the GIL while it computes. This is all the compute thread runs; with the
-        input building and the search there too, it took the GIL ~10 times per batch,
-        each time waiting for the event loop (docs/BENCHMARKS.md, "Load")."""
+        releases the GIL while it computes (all that the compute thread runs)."""
         with torch.inference_mode():
             out = self.forward(*inputs)
         return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
@@ -269,35 +252,22 @@ class Engine:
         order = part[np.argsort(-scores[part], kind="stable")]
         return subset.ids[order].tolist(), scores[order].astype(float).tolist()
 
-    def run(self, jobs: list[Job]) -> tuple[list[JobResult], BatchTiming]:
-        timing = BatchTiming()
-        vectors = [job.vector for job in jobs]
-        todo = [i for i, job in enumerate(jobs) if job.vector is None]
-        if todo:
-            t0 = time.perf_counter()
-            encoded = self.encode([jobs[i].query for i in todo])
-            timing.inference_s = time.perf_counter() - t0
-            timing.encoded = len(todo)
-            for row, i in enumerate(todo):
-                vectors[i] = encoded[row]
-        t0 = time.perf_counter()
-        results: list[JobResult | None] = [None] * len(jobs)
+    def search(self, jobs: list[Job]) -> list[tuple[list[int], list[float]]]:
+        """(ids, scores) per job, best first: one index search for every unfiltered job,
+        an exact search over the filter's items for each filtered one."""
+        results: list[tuple[list[int], list[float]]] = [([], [])] * len(jobs)
         plain = [i for i, job in enumerate(jobs) if job.allowed is None]
         if plain:
             k = min(max(jobs[i].k for i in plain), self.n_items)
-            matrix = np.stack([vectors[i] for i in plain]).astype(np.float32, copy=False)
+            matrix = np.stack([jobs[i].vector for i in plain]).astype(np.float32, copy=False)
             rows = self.index.search_rows(matrix, k, [jobs[i].exclude for i in plain])
-            for i, (row_ids, row_scores) in zip(plain, rows, strict=True):
-                k_i = jobs[i].k
-                results[i] = JobResult(vectors[i], row_ids[:k_i], row_scores[:k_i])
+            for i, (ids, scores) in zip(plain, rows, strict=True):
+                results[i] = (ids[: jobs[i].k], scores[: jobs[i].k])
         for i, job in enumerate(jobs):
             if job.allowed is not None:
-                ids_, scores_ = self._search_subset(vectors[i], job.k, job.allowed, job.exclude)
-                results[i] = JobResult(vectors[i], ids_, scores_)
-        timing.search_s = time.perf_counter() - t0
-        return results, timing  # type: ignore[return-value]
+                results[i] = self._search_subset(job.vector, job.k, job.allowed, job.exclude)
+        return results
 
     def similar_job(self, i: int, k: int) -> Job:
-        """The neighbours of item ``i`` (itself excluded) as a search-only job, so that
-        /similar-items shares batched searches with cache hits (same as ItemIndex.similar)."""
-        return Job(query=None, vector=self.index.vectors([i])[0], k=k, exclude={i})
+        """The neighbours of item ``i`` (itself excluded), as ItemIndex.similar finds them."""
+        return Job(vector=self.index.vectors([i])[0], k=k, exclude={i})

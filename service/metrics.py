@@ -75,7 +75,25 @@ class Metrics:
         )
         self.cache_errors = Counter(
             "towerrec_cache_errors_total",
-            "Redis calls that failed (timeouts, connection errors)",
+            "Redis calls that failed as a whole (timeouts, connection errors)",
+            registry=r,
+        )
+        self.redis_key_errors = Counter(
+            "towerrec_redis_key_errors_total",
+            "Redis commands refused for one key (e.g. WRONGTYPE): that user's part fails only",
+            ["op"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "towerrec_redis_up",
+            "1 while Redis is in use, 0 while the circuit breaker skips it",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.events = Counter(
+            "towerrec_events_total",
+            "Events posted to /events by result (recorded, duplicate, failed)",
+            ["result"],
             registry=r,
         )
         self.model_info = Gauge(
@@ -133,6 +151,12 @@ class Metrics:
         if counter is None:
             counter = self._strategies[strategy] = self.strategy.labels(strategy=strategy)
         counter.inc()
+
+    def count_cache(self, status: str) -> None:
+        if status == "hit":
+            self.cache_hits.inc()
+        elif status == "miss":
+            self.cache_misses.inc()
 
     def set_model(self, version: str) -> None:
         for (previous,) in list(self.model_info._metrics):  # noqa: SLF001

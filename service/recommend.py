@@ -1,27 +1,25 @@
-"""/recommend logic: validate against the bundle, resolve the user, cache, compute, answer.
+"""/recommend, top to bottom: resolve the inputs, read the user store, encode what the
+cache did not have, search the index, render.
 
 Resolution order for one request:
 1. explicit inputs — ``features`` and/or ``recent_items`` (known ids only) — strategy
-   ``features``, ``sequence`` or ``features+sequence``; cache key ``h:<sha256>`` of the
-   canonical JSON of those inputs;
+   ``features``, ``sequence`` or ``features+sequence``; the vector is cached under a hash
+   of those inputs;
 2. else a ``user_id`` with server-side state: the bundle's users.json profile (features,
-   history, id embedding) and/or events posted to /events — strategy ``id``; cache key
-   ``u:<user_id>``. A user unknown to the bundle but with events is resolved the same way
-   from the event sequence alone (still ``id``: it was resolved from the user id);
+   history, id embedding) and/or events posted to /events — strategy ``id``; the vector
+   is cached per user, tagged with the event history it was computed from. A user unknown
+   to the bundle but with events is resolved from the event sequence alone (still ``id``);
 3. else ``popular`` (popularity.json), with the same exclusions and filter.
 
 Whatever the model has no input for is fed as "unknown": missing features -> the
 unknown bucket, no sequence -> no sequence branch, no known id -> id 0.
-
-``exclude_seen`` (default) removes ``recent_items`` and the stored history of ``user_id``
-(bundle history + events); ``exclude_items`` is always removed. ``k`` above MAX_K is a
-422; a ``k`` larger than what is left after exclusions and filter returns fewer items and
-says so in ``warnings``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +27,13 @@ import numpy as np
 from fastapi.exceptions import RequestValidationError
 
 from service import render
-from service.cache import from_bytes, history_fingerprint, input_digest, to_bytes
-from service.config import Settings
+from service.batcher import Batcher
+from service.core.config import Settings
+from service.deps import Serving
 from service.engine import Engine, Job, Query, Subset
-from service.runtime import Runtime
+from service.metrics import Metrics
 from service.schemas import RecommendRequest
+from service.store import UserStore, VectorKey, input_digest
 
 Loc = tuple[str | int, ...]
 
@@ -61,15 +61,8 @@ def too_long(loc: Loc, value: list, limit: int, setting: str) -> dict:
 def check_limits(req: RecommendRequest, loc: Loc, settings: Settings) -> list[dict]:
     errors = []
     if req.k > settings.max_k:
-        errors.append(
-            error(
-                (*loc, "k"),
-                f"Input should be less than or equal to {settings.max_k} (MAX_K)",
-                "less_than_equal",
-                req.k,
-                {"le": settings.max_k},
-            )
-        )
+        msg = f"Input should be less than or equal to {settings.max_k} (MAX_K)"
+        errors.append(error((*loc, "k"), msg, "less_than_equal", req.k, {"le": settings.max_k}))
     for name in ("recent_items", "exclude_items"):
         value = getattr(req, name)
         if value is not None and len(value) > settings.max_recent_items:
@@ -81,62 +74,50 @@ def check_limits(req: RecommendRequest, loc: Loc, settings: Settings) -> list[di
 
 _KIND_TYPES = {
     "categorical": ((str, int), "a string"),
-    "bucket": ((int, float), "a number"),
+    "bucket": ((int, float), "a finite number"),
     "multi": ((list,), "a list of strings"),
 }
 
 
-def check_features(
-    features: dict[str, Any] | None, loc: Loc, engine: Engine
-) -> tuple[list[dict], dict[str, Any]]:
-    """(errors, unknown values). Names must be the bundle's user features; values of the
-    kind's type; values training never saw are reported, not refused."""
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond float range, e.g. 10**400
+        return False
+
+
+def check_features(features: dict[str, Any] | None, loc: Loc, engine: Engine) -> list[dict]:
+    """Names must be the bundle's user features, values of the kind's type."""
     errors: list[dict] = []
-    unknown: dict[str, Any] = {}
-    if not features:
-        return errors, unknown
     known_names = ", ".join(engine.spec_by_name) or "(this model has no user features)"
-    for name, value in features.items():
-        spec = engine.spec_by_name.get(name)
+    for name, value in (features or {}).items():
+        spec, where = engine.spec_by_name.get(name), (*loc, "features", name)
         if spec is None:
-            errors.append(
-                error(
-                    (*loc, "features", name),
-                    f"unknown user feature {name!r}; known: {known_names}",
-                    "extra_forbidden",
-                    value,
-                )
-            )
-            continue
-        if value is None:
+            msg = f"unknown user feature {name!r}; known: {known_names}"
+            errors.append(error(where, msg, "extra_forbidden", value))
             continue
         types, label = _KIND_TYPES[spec.kind]
-        if isinstance(value, bool) or not isinstance(value, types):
-            errors.append(
-                error(
-                    (*loc, "features", name),
-                    f"feature {name!r} ({spec.kind}) should be {label}",
-                    "type_error",
-                    value,
-                )
-            )
-            continue
-        _, known = spec.encode(value)
-        if not known:
-            unknown[name] = value
-    return errors, unknown
+        wrong = isinstance(value, bool) or not isinstance(value, types)
+        if value is not None and (wrong or (spec.kind == "bucket" and not _finite(value))):
+            msg = f"feature {name!r} ({spec.kind}) should be {label}"
+            errors.append(error(where, msg, "type_error", value))
+    return errors
 
 
 @dataclass
 class Plan:
-    strategy: str
+    """One request on its way: what it asks, what the store had, what it computes."""
+
     k: int
     exclude: set[int]
     allowed: Subset | None
+    user_id: str | None
+    exclude_seen: bool
+    strategy: str = "popular"
     query: Query | None = None
-    cache_key: str | None = None
-    history_key: str | None = None
-    events: list[str] | None = None  # the event history the vector was computed from
+    read_history: bool = False  # the user's events are needed (id strategy or exclusion)
+    vector_key: VectorKey | None = None
+    history: list[str] | None = None  # the events the vector is computed from
     vector: np.ndarray | None = None
     cache: str = "off"
     unknown_items: list[str] = field(default_factory=list)
@@ -144,209 +125,146 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def validate(
-    req: RecommendRequest, loc: Loc, engine: Engine, settings: Settings
-) -> tuple[list[dict], dict[str, Any]]:
-    errors = check_limits(req, loc, settings)
-    feature_errors, unknown = check_features(req.features, loc, engine)
-    return errors + feature_errors, unknown
-
-
-async def plan(
-    req: RecommendRequest, engine: Engine, runtime: Runtime, unknown_features: dict[str, Any]
-) -> Plan:
-    """Everything but the compute: resolve the inputs, read history and cache."""
-    cache, history = runtime.cache, runtime.history
-    unknown_items: list[str] = []
-    recent: list[int] = []
-    for item_id in req.recent_items or []:
-        i = engine.internal(item_id)
-        if i is None:
-            unknown_items.append(item_id)
-        else:
-            recent.append(i)
-    exclude: set[int] = set()
-    for item_id in req.exclude_items or []:
-        i = engine.internal(item_id)
-        if i is None:
-            unknown_items.append(item_id)
-        else:
-            exclude.add(i)
-    allowed = None
-    warnings: list[str] = []
-    if req.filter is not None and req.filter.genres_any:
-        missing = [g for g in req.filter.genres_any if g not in engine.genres]
-        if missing:
-            warnings.append(f"unknown genres in filter.genres_any: {', '.join(missing)}")
-        allowed = engine.genre_filter(req.filter.genres_any)
-
-    features = {k: v for k, v in (req.features or {}).items() if v not in (None, "", [])}
-    use_features = bool(features) and engine.has_features
-    use_sequence = bool(recent) and engine.has_sequence
-    if features and not engine.has_features:
-        warnings.append("this model has no user-feature branch; features were ignored")
-    if recent and not engine.has_sequence:
-        warnings.append("this model has no sequence encoder; recent_items only exclude")
-
-    p = Plan(
-        strategy="popular",
-        k=req.k,
-        exclude=exclude,
-        allowed=allowed,
-        unknown_items=unknown_items,
-        unknown_features=unknown_features,
-        warnings=warnings,
-    )
-    if req.exclude_seen:
-        exclude.update(recent)
-    bundle_user = engine.user(req.user_id) if req.user_id is not None else None
-    events: list[str] | None = []
-
-    if use_features or use_sequence:
-        p.strategy = (
-            "features+sequence"
-            if use_features and use_sequence
-            else "features"
-            if use_features
-            else "sequence"
-        )
-        sequence = recent[-engine.cfg.max_len :] if use_sequence else []
-        p.query = Query(features=features if use_features else {}, sequence=sequence)
-        p.cache_key = None
-        if cache.enabled:
-            digest = input_digest(
-                features if use_features else {}, [engine.item_ids[i] for i in sequence]
-            )
-            p.cache_key = cache.key(engine.version, "h", digest)
-        if req.user_id is not None and req.exclude_seen:
-            events, raw, p.cache = await history.get_with_vector(req.user_id, cache, p.cache_key)
-        elif p.cache_key is not None:
-            raw, p.cache = await cache.get(p.cache_key)
-        else:
-            raw = None
-    elif req.user_id is not None:
-        key = cache.key(engine.version, "u", req.user_id) if cache.enabled else None
-        events, raw, status = await history.get_with_vector(req.user_id, cache, key)
-        if bundle_user is not None or events:
-            p.strategy = "id"
-            seq = (bundle_user[2] if bundle_user else []) + _known(engine, events or [])
-            p.query = Query(
-                features=dict(bundle_user[1]) if bundle_user and engine.has_features else {},
-                sequence=seq[-engine.cfg.max_len :] if engine.has_sequence else [],
-                user_index=bundle_user[0] if bundle_user else 0,
-            )
-            p.cache_key, p.cache = key, status
-            if events is not None:
-                p.history_key, p.events = history.key(req.user_id), events
-        else:
-            raw = None
-    else:
-        raw = None
-
-    if events is None:
-        warnings.append("event history unavailable (redis down): used the bundle history only")
-        events = []
-    if req.exclude_seen and req.user_id is not None:
-        if bundle_user is not None:
-            exclude.update(bundle_user[2])
-        exclude.update(_known(engine, events))
-
-    if p.query is None:
-        p.cache = "off"
-    elif raw is not None:
-        p.vector = from_bytes(raw, engine.cfg.vector_dim)
-        if p.vector is None:
-            p.cache = "miss"
-    if p.cache == "hit":
-        runtime.metrics.cache_hits.inc()
-    elif p.cache == "miss":
-        runtime.metrics.cache_misses.inc()
-    return p
-
-
-def _known(engine: Engine, ids: list[str]) -> list[int]:
+def _known(engine: Engine, ids: list[str], unknown: list[str] | None = None) -> list[int]:
+    """Internal ids of the known items, in order (repeats kept); unknown ids collected."""
     out = []
     for item_id in ids:
         i = engine.internal(item_id)
         if i is not None:
             out.append(i)
+        elif unknown is not None:
+            unknown.append(item_id)
     return out
 
 
-def _render(engine: Engine, p: Plan, ids: list[int], scores: list[float] | None) -> str:
-    if len(ids) < p.k:
-        p.warnings.append(f"only {len(ids)} items left after exclusions and filter (k={p.k})")
-    return render.recommendation(
-        engine.fragments.items(ids, scores),
-        model_version=engine.version,
-        strategy=p.strategy,
-        cache=p.cache,
-        unknown_items=p.unknown_items,
-        unknown_features=p.unknown_features,
-        warnings=p.warnings,
-    )
+def _unknown_values(features: dict[str, Any], engine: Engine) -> dict[str, Any]:
+    return {n: v for n, v in features.items() if not engine.spec_by_name[n].encode(v)[1]}
 
 
-async def answer(plans: list[Plan], engine: Engine, runtime: Runtime) -> list[str]:
-    """Compute every plan that needs the model in one batch, then render the answers
-    (RecommendResponse JSON bodies)."""
-    computed = [p for p in plans if p.query is not None]
-    jobs = [
-        Job(
-            query=None if p.vector is not None else p.query,
-            vector=p.vector,
-            k=p.k,
-            exclude=p.exclude,
-            allowed=p.allowed,
+def resolve(req: RecommendRequest, engine: Engine, store: UserStore) -> Plan:
+    """The request's inputs against the bundle (already validated)."""
+    p = Plan(req.k, set(), None, req.user_id, req.exclude_seen)
+    recent = _known(engine, req.recent_items or [], p.unknown_items)
+    p.exclude.update(_known(engine, req.exclude_items or [], p.unknown_items))
+    if req.filter is not None and req.filter.genres_any:
+        missing = [g for g in req.filter.genres_any if g not in engine.genres]
+        if missing:
+            p.warnings.append(f"unknown genres in filter.genres_any: {', '.join(missing)}")
+        p.allowed = engine.genre_filter(req.filter.genres_any)
+    features = {k: v for k, v in (req.features or {}).items() if v not in (None, "", [])}
+    p.unknown_features = _unknown_values(features, engine)
+    if features and not engine.has_features:
+        p.warnings.append("this model has no user-feature branch; features were ignored")
+    if recent and not engine.has_sequence:
+        p.warnings.append("this model has no sequence encoder; recent_items only exclude")
+    features = features if engine.has_features else {}
+    sequence = recent[-engine.cfg.max_len :] if engine.has_sequence else []
+    if req.exclude_seen:
+        p.exclude.update(recent)  # exclusion uses the set; the sequence keeps repeats
+    if features or sequence:
+        names = [n for n, on in (("features", features), ("sequence", sequence)) if on]
+        p.strategy, p.query = "+".join(names), Query(features=features, sequence=sequence)
+        digest = input_digest(features, [engine.item_ids[i] for i in sequence])
+        p.vector_key = store.inputs_key(digest, engine.version)
+    elif req.user_id is not None:
+        p.vector_key = store.user_key(req.user_id, engine.version)
+    p.read_history = req.user_id is not None and (p.query is None or req.exclude_seen)
+    return p
+
+
+async def lookup(p: Plan, engine: Engine, store: UserStore) -> None:
+    """Read the user's events and the cached vector (one round trip); settle the strategy
+    of a request resolved from its user id, and what it excludes."""
+    user = p.user_id if p.read_history else None
+    if user is None and p.vector_key is None:
+        return
+    found = await store.read(user, p.vector_key, engine.cfg.vector_dim)
+    events = found.history or []
+    if user is not None and found.history is None:
+        p.warnings.append("event history unavailable (redis): used the bundle history only")
+    bundle_user = engine.user(p.user_id) if p.user_id is not None else None
+    if p.query is None and p.user_id is not None and (bundle_user is not None or events):
+        index, features, history = bundle_user or (0, {}, [])
+        sequence = (history + _known(engine, events))[-engine.cfg.max_len :]
+        p.strategy, p.history = "id", found.history
+        p.query = Query(
+            features=dict(features) if engine.has_features else {},
+            sequence=sequence if engine.has_sequence else [],
+            user_index=index,
         )
-        for p in computed
-    ]
-    results = await runtime.batcher.run(engine, jobs)
-    by_plan = {id(p): r for p, r in zip(computed, results, strict=True)}
+    if p.exclude_seen and p.user_id is not None:
+        p.exclude.update(bundle_user[2] if bundle_user else [])
+        p.exclude.update(_known(engine, events))
+    if p.query is not None:
+        p.cache, p.vector = found.cache, found.vector
 
-    writes = []
-    for p in computed:
-        if p.vector is None and p.cache == "miss" and p.cache_key is not None:
-            writes.append(
-                runtime.cache.set(
-                    p.cache_key,
-                    to_bytes(by_plan[id(p)].vector),
-                    history_key=p.history_key,
-                    history_fp=history_fingerprint(p.events) if p.history_key else None,
-                )
-            )
-    if len(writes) == 1:  # the common case: no task for gather to create
-        await writes[0]
-    elif writes:
-        await asyncio.gather(*writes)
 
+async def encode_misses(plans: list[Plan], engine: Engine, batcher: Batcher, store: UserStore):
+    """Vectors for the plans the cache did not answer: one shared forward pass, then
+    cached (a miss only: ``off`` means the store could not say which history it is for)."""
+    todo = [p for p in plans if p.query is not None and p.vector is None]
+    if not todo:
+        return
+    vectors = await batcher.encode(engine, [p.query for p in todo])
+    for p, vector in zip(todo, vectors, strict=True):
+        p.vector = vector
+    saves = [store.save(p.vector_key, p.vector, p.history) for p in todo if p.cache == "miss"]
+    if saves:
+        await asyncio.gather(*saves)
+
+
+def answer(plans: list[Plan], engine: Engine, metrics: Metrics) -> list[str]:
+    """Search every plan with a vector (one index search), rank the others by popularity,
+    and render each RecommendResponse body."""
+    searched = [p for p in plans if p.vector is not None]
+    jobs = [Job(p.vector, p.k, p.exclude, p.allowed) for p in searched]
+    found = {}
+    if jobs:
+        started = time.perf_counter()
+        found = dict(zip(map(id, searched), engine.search(jobs), strict=True))
+        metrics.search.observe(time.perf_counter() - started)
     out = []
     for p in plans:
-        runtime.metrics.count_strategy(p.strategy)
-        if p.query is None:
-            out.append(_render(engine, p, engine.popular(p.k, p.exclude, p.allowed), None))
-        else:
-            r = by_plan[id(p)]
-            out.append(_render(engine, p, r.ids, r.scores))
+        metrics.count_strategy(p.strategy)
+        metrics.count_cache(p.cache)
+        ids, scores = found.get(id(p)) or (engine.popular(p.k, p.exclude, p.allowed), None)
+        if len(ids) < p.k:
+            p.warnings.append(f"only {len(ids)} items left after exclusions and filter (k={p.k})")
+        out.append(
+            render.recommendation(
+                engine.fragments.items(ids, scores),
+                model_version=engine.version,
+                strategy=p.strategy,
+                cache=p.cache,
+                unknown_items=p.unknown_items,
+                unknown_features=p.unknown_features,
+                warnings=p.warnings,
+            )
+        )
     return out
+
+
+def validate(
+    requests: list[RecommendRequest], locs: list[Loc], engine: Engine, settings: Settings
+) -> None:
+    """422 naming every field the bundle or the settings refuse (all requests at once)."""
+    errors = []
+    for req, loc in zip(requests, locs, strict=True):
+        errors += check_limits(req, loc, settings) + check_features(req.features, loc, engine)
+    if errors:
+        raise RequestValidationError(errors)
 
 
 async def recommend(
-    requests: list[RecommendRequest], engine: Engine, runtime: Runtime, locs: list[Loc]
+    requests: list[RecommendRequest], locs: list[Loc], serving: Serving
 ) -> list[str]:
-    """Validate all requests (422 naming every bad field), then answer them together
-    (RecommendResponse JSON bodies, in order)."""
-    errors: list[dict] = []
-    unknowns = []
-    for req, loc in zip(requests, locs, strict=True):
-        errs, unknown = validate(req, loc, engine, runtime.settings)
-        errors.extend(errs)
-        unknowns.append(unknown)
-    if errors:
-        raise RequestValidationError(errors)
-    if len(requests) == 1:  # the common case: no task for gather to create
-        plans = [await plan(requests[0], engine, runtime, unknowns[0])]
+    """RecommendResponse bodies for ``requests``, in order."""
+    engine, store = serving.engine, serving.store
+    validate(requests, locs, engine, serving.settings)
+    plans = [resolve(req, engine, store) for req in requests]
+    if len(plans) == 1:
+        await lookup(plans[0], engine, store)
     else:
-        pairs = zip(requests, unknowns, strict=True)
-        plans = await asyncio.gather(*(plan(req, engine, runtime, u) for req, u in pairs))
-    return await answer(list(plans), engine, runtime)
+        await asyncio.gather(*(lookup(p, engine, store) for p in plans))
+    await encode_misses(plans, engine, serving.batcher, store)
+    return answer(plans, engine, serving.metrics)

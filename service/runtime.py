@@ -1,4 +1,4 @@
-"""The app's long-lived state: current engine, cache, history store, batcher, reloads.
+"""The app's long-lived state: current engine, user store, batcher, reloads.
 
 ``runtime.engine`` is the single reference that reloads swap (one attribute assignment,
 atomic for every reader). A new bundle is loaded on a worker thread while the old one
@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
 
 from service.batcher import Batcher
-from service.cache import LocalCache, NullCache, RedisCache, RedisLink, VectorCache
-from service.config import Settings
+from service.core.config import Settings
 from service.engine import Engine, bundle_stamp
-from service.history import HistoryStore, LocalHistory, RedisHistory
 from service.metrics import Metrics
+from service.schemas import Readiness
+from service.store import UserStore, build_store
 
 log = logging.getLogger("service.runtime")
 
@@ -43,57 +42,22 @@ class Runtime:
         self.settings, self.metrics = settings, metrics
         self.engine: Engine | None = None
         self.load_error: str | None = None
-        self.link: RedisLink | None = None
-        self.cache: VectorCache = NullCache(settings.cache_prefix)
-        self.history: HistoryStore
+        self.store: UserStore = build_store(settings, metrics)
         self.batcher = Batcher(
             metrics,
-            enabled=settings.microbatch,
-            window_s=settings.batch_window_ms / 1000,
             max_batch=settings.batch_max,
             torch_threads=settings.torch_threads,
             faiss_threads=settings.faiss_threads,
-            inline_search=settings.inline_search,
         )
         self._reload_lock = asyncio.Lock()
         self._failed_stamp: tuple | None = None
         self._watcher: asyncio.Task | None = None
-        self._build_stores()
-
-    def _build_stores(self) -> None:
-        s = self.settings
-        if s.redis_url:
-            self.link = RedisLink(
-                s.redis_url,
-                timeout_s=s.redis_socket_timeout_s,
-                retry_s=s.redis_retry_s,
-                log_interval_s=s.redis_log_interval_s,
-                on_error=self.metrics.cache_errors.inc,
-            )
-            if s.cache_enabled:
-                self.cache = RedisCache(self.link, s.cache_prefix, ttl_s=s.cache_ttl_s)
-            self.history = RedisHistory(
-                self.link, s.cache_prefix, history_len=s.history_len, ttl_s=s.history_ttl_s
-            )
-        else:
-            local_history = LocalHistory(
-                history_len=s.history_len, max_users=s.local_history_users, cache=self.cache
-            )
-            if s.cache_enabled:
-                self.cache = LocalCache(
-                    s.cache_prefix,
-                    size=s.cache_local_size,
-                    ttl_s=s.cache_ttl_s,
-                    history_fp=local_history.fingerprint,
-                )
-                local_history.cache = self.cache
-            self.history = local_history
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         import faiss
 
-        # OpenMP settings are per thread: this is the event-loop thread (inline searches)
+        # OpenMP settings are per thread: this is the event-loop thread (the searches)
         torch.set_num_threads(self.settings.torch_threads)
         faiss.omp_set_num_threads(self.settings.faiss_threads)
         self.batcher.start()
@@ -118,8 +82,7 @@ class Runtime:
             except asyncio.CancelledError:
                 pass
         await self.batcher.stop()
-        if self.link is not None:
-            await self.link.close()
+        await self.store.close()
 
     # --- reloads ------------------------------------------------------------------------
     def _load(self) -> Engine:
@@ -192,25 +155,22 @@ class Runtime:
                 pass  # logged and remembered; retried when the bundle changes again
 
     # --- health -------------------------------------------------------------------------
-    async def readiness(self) -> tuple[bool, dict]:
-        info: dict = {
-            "model_version": self.engine.version if self.engine else None,
-            "cache": type(self.cache).__name__,
-            "checked_at": time.time(),
-        }
-        ok = True
+    async def readiness(self) -> tuple[bool, Readiness]:
+        """Ready = this replica can answer /recommend: a bundle is loaded. Without Redis
+        it still answers (cache off, bundle histories), so Redis only decides readiness
+        with REDIS_REQUIRED. No addresses, paths or error texts: /readyz is public."""
+        cache = await self.store.state(probe=True)
         reasons = []
         if self.engine is None:
-            ok = False
-            reasons.append(f"no model loaded: {self.load_error or 'loading'}")
-        elif self.load_error:
-            info["last_reload_error"] = self.load_error
-        if self.link is not None:
-            redis_ok, message = await self.link.ping(force=True)
-            info["redis"] = message
-            if not redis_ok:
-                ok = False
-                reasons.append(message)
-        if reasons:
-            info["reason"] = "; ".join(reasons)
-        return ok, info
+            reasons.append("no model loaded yet (see the server log)")
+        if self.settings.redis_required and cache.state == "down":
+            reasons.append("redis is required (REDIS_REQUIRED) and unreachable")
+        ready = not reasons
+        return ready, Readiness(
+            status="ready" if ready else "not ready",
+            model_version=self.engine.version if self.engine else None,
+            cache=cache,
+            redis_required=self.settings.redis_required,
+            last_reload_failed=self.engine is not None and self.load_error is not None,
+            reason="; ".join(reasons) or None,
+        )

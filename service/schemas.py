@@ -1,19 +1,42 @@
 """Request and response bodies (pydantic v2).
 
-Requests are strict (no type coercion) and refuse unknown fields. Limits that depend on
-the settings or on the loaded bundle (``k <= MAX_K``, list lengths, feature names) are
-checked in ``service.validation`` and reported in the same 422 shape as pydantic's own.
+Requests are strict (no type coercion) and refuse unknown fields. Every string a client
+sends must be valid Unicode text (a lone surrogate such as ``"\\ud800"`` is a 422, since
+it cannot be stored in Redis or written back as UTF-8), and every number must be finite
+(``NaN``, ``Infinity`` and ``1e400``, which JSON parsers read as infinity, are a 422).
+Limits that depend on the settings or on the loaded bundle (``k <= MAX_K``, list lengths,
+feature names) are checked in ``service.recommend`` and reported in the same 422 shape.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-FeatureValue = str | int | float | list[str] | None
+
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+ItemId = Annotated[Text, StringConstraints(min_length=1, max_length=128)]
+UserId = Annotated[Text, StringConstraints(min_length=1, max_length=128)]
+EventId = Annotated[Text, StringConstraints(min_length=1, max_length=128)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FeatureName = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
+FeatureValue = Text | int | FiniteFloat | list[Text] | None
 
 Strategy = Literal["sequence", "features", "features+sequence", "id", "popular"]
 CacheStatus = Literal["hit", "miss", "off"]
@@ -23,22 +46,14 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-def _no_duplicates(values: list[str] | None) -> list[str] | None:
-    if values is None:
-        return values
-    seen: set[str] = set()
-    dupes = [v for v in values if v in seen or seen.add(v)]
-    if dupes:
-        raise ValueError(f"duplicate item ids: {', '.join(sorted(set(dupes)))}")
-    return values
-
-
 class Filter(StrictModel):
-    genres_any: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = Field(
-        None,
-        min_length=1,
-        max_length=64,
-        description="Keep only items having at least one of these genres.",
+    genres_any: list[Annotated[Text, StringConstraints(min_length=1, max_length=64)]] | None = (
+        Field(
+            None,
+            min_length=1,
+            max_length=64,
+            description="Keep only items having at least one of these genres.",
+        )
     )
 
 
@@ -48,7 +63,7 @@ class RecommendRequest(StrictModel):
         description="Known user (bundle users or /events); used when no explicit "
         "features / recent_items are given, and for `exclude_seen`.",
     )
-    features: dict[str, FeatureValue] | None = Field(
+    features: dict[FeatureName, FeatureValue] | None = Field(
         None,
         description="User features keyed by the bundle's user feature names; "
         "unknown values map to the unknown bucket and are reported.",
@@ -56,8 +71,9 @@ class RecommendRequest(StrictModel):
     )
     recent_items: list[ItemId] | None = Field(
         None,
-        description="Recently consumed item ids, newest last (at most MAX_RECENT_ITEMS, "
-        "no duplicates). Unknown ids are dropped and reported in `unknown_items`.",
+        description="Recently consumed item ids, oldest first, newest last (at most "
+        "MAX_RECENT_ITEMS; an item may repeat: a re-view or re-purchase). Unknown ids are "
+        "dropped and reported in `unknown_items`.",
     )
     k: int = Field(10, ge=1, description="Number of items (1..MAX_K).")
     exclude_seen: bool = Field(
@@ -67,11 +83,6 @@ class RecommendRequest(StrictModel):
         None, description="Item ids never to return (at most MAX_RECENT_ITEMS)."
     )
     filter: Filter | None = Field(None, description="Item-metadata filter.")
-
-    @field_validator("recent_items")
-    @classmethod
-    def _unique_recent(cls, value: list[str] | None) -> list[str] | None:
-        return _no_duplicates(value)
 
 
 class BatchRequest(StrictModel):
@@ -129,21 +140,81 @@ class ItemResponse(BaseModel):
 class Event(StrictModel):
     user_id: UserId
     item_id: ItemId
-    timestamp: float | None = Field(
+    timestamp: FiniteFloat | None = Field(
         None,
-        description="Unix seconds. When every event of a call has one, they are "
-        "appended in timestamp order (ties keep their order); otherwise in the order given.",
+        description="Unix seconds. When every event of a call has one, each user's events "
+        "are appended in timestamp order (ties keep their order); otherwise in the order given.",
+    )
+    event_id: EventId | None = Field(
+        None,
+        description="Client-chosen id, unique per user: an event whose id was recorded in "
+        "the last EVENT_ID_TTL_S is not recorded again (retries are safe).",
     )
 
 
 class EventBatch(StrictModel):
+    """What POST /events takes: ``{"events": [...]}``, a bare array, or one event. The
+    other two forms are read as ``{"events": [...]}``, so errors always name
+    ``["body", "events", n, field]``."""
+
     events: list[Event] = Field(..., min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_shape(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {"events": value}
+        if isinstance(value, dict) and "events" not in value:
+            return {"events": [value]}
+        return value
+
+
+EVENTS_BODY_SCHEMA = {
+    "anyOf": [
+        {"$ref": "#/components/schemas/EventBatch"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "minItems": 1},
+        {"$ref": "#/components/schemas/Event"},
+    ]
+}
+
+
+class UserEvents(BaseModel):
+    """What happened to one user's events (positions index the request's event list)."""
+
+    user_id: str
+    status: Literal["recorded", "duplicate", "failed"]
+    recorded: list[int] = []
+    duplicates: list[int] = Field([], description="event_id already recorded: not again.")
+    failed: list[int] = Field(
+        [],
+        description="Not confirmed (Redis error or timeout): retry them. With event_ids a "
+        "retry records each at most once.",
+    )
+    error: str | None = None
 
 
 class EventsResponse(BaseModel):
-    accepted: int
-    users: int
+    recorded: int
+    duplicates: int
+    failed: int
     durable: bool = Field(description="False when histories live in process (no REDIS_URL).")
+    users: list[UserEvents]
+
+
+class CacheState(BaseModel):
+    backend: Literal["redis", "redis-cluster", "local", "off"]
+    state: Literal["up", "down", "local", "off"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    model_version: str | None
+    cache: CacheState
+    redis_required: bool
+    last_reload_failed: bool = Field(
+        False, description="The last reload failed (details: server log, /admin/reload)."
+    )
+    reason: str | None = None
 
 
 class ReloadResponse(BaseModel):
@@ -151,3 +222,7 @@ class ReloadResponse(BaseModel):
     model_version: str
     previous_version: str | None = None
     message: str = ""
+
+
+class ErrorDetail(BaseModel):
+    detail: str

@@ -1,7 +1,7 @@
-"""Batcher.run: concurrent requests share one forward pass and one Engine.run (search) per
-engine, each gets its own slice back, a failing batch fails only its own requests, and the
-batcher keeps serving. Both paths: jobs to encode (inputs and search on the event loop,
-the forward pass alone on the compute thread) and inline search (vectors given)."""
+"""Batcher.encode: concurrent cache misses share one forward pass per engine (inputs built
+on the event loop, the forward pass alone on the compute thread), each request gets its
+own rows back, a failing forward pass fails only its own requests, and the batcher keeps
+serving."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.batcher import Batcher
-from service.engine import BatchTiming, Job, JobResult, Query
+from service.engine import Query
 from service.metrics import Metrics
 
 pytestmark = pytest.mark.anyio
@@ -24,13 +24,12 @@ def anyio_backend():
 
 
 class Recorder:
-    """Stands in for an Engine: encodes every query as [tag, tag], answers job i of a batch
-    with ids [tag, i-th k], records the thread of each stage and fails in ``fail_in``."""
+    """Stands in for an Engine: encodes query i of a batch as [tag, i], records the thread
+    of each stage and the batch sizes, and fails in ``fail_in``."""
 
     def __init__(self, tag: int, fail_in: str | None = None):
         self.tag, self.fail_in = tag, fail_in
-        self.batches: list[int] = []  # run() (search) batch sizes
-        self.encoded: list[int] = []  # forward-pass batch sizes
+        self.encoded: list[int] = []
         self.threads: dict[str, set[str]] = {}
 
     def _stage(self, name: str) -> None:
@@ -38,105 +37,87 @@ class Recorder:
         if self.fail_in == name:
             raise RuntimeError(f"engine {self.tag} failed in {name}")
 
-    def tower_inputs(self, queries: list[Query]) -> int:
+    def tower_inputs(self, queries: list[Query]) -> list[int]:
         self._stage("tower_inputs")
-        return len(queries)
+        return [q.user_index for q in queries]
 
-    def forward_inputs(self, n: int) -> np.ndarray:
-        self.encoded.append(n)
+    def forward_inputs(self, rows: list[int]) -> np.ndarray:
+        self.encoded.append(len(rows))
         self._stage("forward_inputs")
-        return np.full((n, 2), self.tag, np.float32)
-
-    def run(self, jobs: list[Job]):
-        self.batches.append(len(jobs))
-        self._stage("run")
-        results = [JobResult(job.vector, [self.tag, job.k], [0.0]) for job in jobs]
-        return results, BatchTiming(encoded=sum(job.vector is None for job in jobs))
+        return np.array([[self.tag, r] for r in rows], np.float32)
 
 
-def job(k: int, encoded: bool) -> Job:
-    vector = None if encoded else np.ones(2, np.float32)
-    return Job(query=Query() if encoded else None, vector=vector, k=k, exclude=set())
-
-
-async def started(**kw) -> Batcher:
-    batcher = Batcher(Metrics(), enabled=True, window_s=0.01, max_batch=64, **kw)
+async def started(max_batch: int = 64) -> Batcher:
+    batcher = Batcher(Metrics(), max_batch=max_batch, torch_threads=1, faiss_threads=1)
     batcher.start()
     return batcher
 
 
-@pytest.mark.parametrize("encoded", [True, False], ids=["compute-thread", "inline-search"])
-async def test_concurrent_requests_share_one_run_and_get_their_own_results(encoded):
+def queries(*indexes: int) -> list[Query]:
+    return [Query(user_index=i) for i in indexes]
+
+
+async def test_concurrent_requests_share_one_forward_pass_and_get_their_own_rows():
     batcher, engine = await started(), Recorder(7)
     try:
-        requests = [[job(k, encoded)] for k in range(1, 6)] + [[job(6, encoded), job(7, encoded)]]
-        answers = await asyncio.gather(*(batcher.run(engine, jobs) for jobs in requests))
+        requests = [queries(i) for i in range(1, 6)] + [queries(6, 7)]
+        answers = await asyncio.gather(*(batcher.encode(engine, qs) for qs in requests))
     finally:
         await batcher.stop()
-    assert engine.batches == [7]
-    assert [[r.ids for r in rs] for rs in answers] == [[[7, k]] for k in range(1, 6)] + [
-        [[7, 6], [7, 7]]
-    ]
-    loop_thread = {threading.current_thread().name}
-    assert engine.threads.pop("run") == loop_thread  # searches run on the event loop
-    if encoded:  # inputs on the loop, the forward pass alone on the compute thread
-        assert engine.encoded == [7]
-        assert engine.threads.pop("tower_inputs") == loop_thread
-        (compute,) = engine.threads.pop("forward_inputs")
-        assert compute.startswith("towerrec-compute")
-        assert all(r.vector.tolist() == [7, 7] for rs in answers for r in rs)
-    assert not engine.threads
+    assert engine.encoded == [7]  # all of them arrived before the first batch started
+    assert [a[:, 1].tolist() for a in answers] == [[i] for i in range(1, 6)] + [[6, 7]]
+    assert engine.threads["tower_inputs"] == {threading.current_thread().name}
+    assert engine.threads["forward_inputs"] == {"towerrec-compute_0"}
 
 
-@pytest.mark.parametrize(
-    "encoded, stage",
-    [(True, "tower_inputs"), (True, "forward_inputs"), (True, "run"), (False, "run")],
-    ids=["inputs", "forward-pass", "search-after-forward", "inline-search"],
-)
-async def test_failing_engine_fails_only_its_requests_and_the_batcher_keeps_serving(encoded, stage):
-    """Two engines in one batch (as during a reload): one raises, the other answers."""
-    batcher = await started()
-    broken, healthy = Recorder(1, fail_in=stage), Recorder(2)
+async def test_requests_arriving_during_a_batch_form_the_next_one_up_to_max_batch():
+    batcher, engine = await started(max_batch=3), Recorder(1)
     try:
-        answers = await asyncio.gather(
-            batcher.run(broken, [job(1, encoded)]),
-            batcher.run(healthy, [job(2, encoded)]),
-            batcher.run(broken, [job(3, encoded)]),
+        answers = await asyncio.gather(*(batcher.encode(engine, queries(i)) for i in range(7)))
+    finally:
+        await batcher.stop()
+    assert engine.encoded == [3, 3, 1]
+    assert [a[0, 1] for a in answers] == list(range(7))
+
+
+async def test_two_engines_in_one_batch_run_separately():
+    """A reload can leave requests for the old and the new engine in one batch."""
+    batcher, old, new = await started(), Recorder(1), Recorder(2)
+    try:
+        a, b, c = await asyncio.gather(
+            batcher.encode(old, queries(0)),
+            batcher.encode(new, queries(1)),
+            batcher.encode(old, queries(2)),
+        )
+    finally:
+        await batcher.stop()
+    assert (old.encoded, new.encoded) == ([2], [1])
+    assert a.tolist() == [[1, 0]] and b.tolist() == [[2, 1]] and c.tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize("stage", ["tower_inputs", "forward_inputs"])
+async def test_a_failing_batch_fails_its_requests_only_and_the_batcher_keeps_serving(stage):
+    batcher, bad, good = await started(), Recorder(1, fail_in=stage), Recorder(2)
+    try:
+        results = await asyncio.gather(
+            batcher.encode(bad, queries(0)),
+            batcher.encode(good, queries(1)),
             return_exceptions=True,
         )
-        again = await batcher.run(healthy, [job(4, encoded)])
+        assert isinstance(results[0], RuntimeError) and stage in str(results[0])
+        assert results[1].tolist() == [[2, 1]]
+        again = await batcher.encode(good, queries(5))
+        assert again.tolist() == [[2, 5]]
     finally:
         await batcher.stop()
-    assert [type(a) for a in answers] == [RuntimeError, list, RuntimeError]
-    assert f"engine 1 failed in {stage}" in str(answers[0])
-    assert answers[1][0].ids == [2, 2]
-    assert healthy.batches == [1, 1] and again[0].ids == [2, 4]
-    assert broken.batches == ([2] if stage == "run" else [])
 
 
-async def test_cancelled_request_is_left_out_of_the_batch():
+async def test_a_cancelled_request_does_not_break_the_batch():
     batcher, engine = await started(), Recorder(3)
     try:
-        first = asyncio.ensure_future(batcher.run(engine, [job(1, True)]))
-        gone = asyncio.ensure_future(batcher.run(engine, [job(2, True)]))
-        await asyncio.sleep(0)  # both queued; the batch waits window_s for more
+        gone = asyncio.ensure_future(batcher.encode(engine, queries(0)))
+        kept = asyncio.ensure_future(batcher.encode(engine, queries(1)))
         gone.cancel()
-        assert (await first)[0].ids == [3, 1]
+        assert (await kept).tolist() == [[3, 1]]
     finally:
         await batcher.stop()
-    assert engine.batches == [1] and engine.encoded == [1]
-
-
-async def test_without_inline_search_every_search_runs_on_the_compute_thread():
-    """INLINE_SEARCH=false (e.g. a big HNSW index): searches leave the event loop too."""
-    batcher, engine = await started(inline_search=False), Recorder(5)
-    try:
-        await asyncio.gather(
-            batcher.run(engine, [job(1, True)]), batcher.run(engine, [job(2, False)])
-        )
-    finally:
-        await batcher.stop()
-    assert engine.batches == [2] and engine.encoded == [1]
-    assert engine.threads["tower_inputs"] == {threading.current_thread().name}
-    (search,) = engine.threads["run"]
-    assert search.startswith("towerrec-compute") and engine.threads["forward_inputs"] == {search}

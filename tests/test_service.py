@@ -209,7 +209,23 @@ async def test_events_change_the_next_recommendation_without_redis(served_root, 
         assert (first["cache"], again["cache"]) == ("miss", "hit")
         top = ids(first)[0]
         r = await client.post("/events", json={"user_id": user["id"], "item_id": top})
-        assert r.status_code == 200 and r.json() == {"accepted": 1, "users": 1, "durable": False}
+        assert r.status_code == 200
+        assert r.json() == {
+            "recorded": 1,
+            "duplicates": 0,
+            "failed": 0,
+            "durable": False,
+            "users": [
+                {
+                    "user_id": user["id"],
+                    "status": "recorded",
+                    "recorded": [0],
+                    "duplicates": [],
+                    "failed": [],
+                    "error": None,
+                }
+            ],
+        }
         after = (await client.post("/recommend", json={"user_id": user["id"]})).json()
         assert after["cache"] == "miss" and top not in ids(after)
         # a user the bundle does not know gets a history from events alone
@@ -235,7 +251,6 @@ BAD_BODIES = [
     ({"k": 2.5}, ["body", "k"]),
     ({"user_id": 5}, ["body", "user_id"]),
     ({"user_id": ""}, ["body", "user_id"]),
-    ({"recent_items": ["1", "1"]}, ["body", "recent_items"]),
     ({"recent_items": [str(i) for i in range(30)]}, ["body", "recent_items"]),
     ({"recent_items": "1"}, ["body", "recent_items"]),
     ({"exclude_items": [str(i) for i in range(30)]}, ["body", "exclude_items"]),
@@ -280,7 +295,7 @@ async def test_malformed_requests_are_4xx_never_5xx(served_root, cat):
         r = await client.post(
             "/recommend", content=b"{not json", headers={"content-type": "application/json"}
         )
-        assert r.status_code == 422 and locs(r)[0][0] == "body"
+        assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
         r = await client.post("/recommend", json=[1, 2])
         assert r.status_code == 422
         r = await client.post("/recommend/batch", json={"requests": []})
@@ -309,7 +324,9 @@ async def test_malformed_requests_are_4xx_never_5xx(served_root, cat):
         r = await client.post("/recommend", json={"user_id": "u-strict"})
         assert r.json()["strategy"] == "popular"  # nothing was recorded
         r = await client.post("/events", json={"user_id": "u", "item_id": "ghost"})
-        assert r.status_code == 422 and locs(r) == [["body", "item_id"]]
+        assert r.status_code == 422 and locs(r) == [["body", "events", 0, "item_id"]]
+        r = await client.post("/events", json=[{"user_id": "u", "item_id": good}, {"user_id": 1}])
+        assert r.status_code == 422 and ["body", "events", 1, "user_id"] in locs(r)
         r = await client.post("/events", json={"user_id": "u"})
         assert r.status_code == 422 and any("item_id" in loc for loc in locs(r))
         r = await client.post("/events", json={"events": []})
@@ -489,9 +506,11 @@ async def test_known_user_vector_is_the_towers_output_for_that_user(
         await client.post("/events", json={"user_id": user["id"], "item_id": extra})
         r = await client.post("/recommend", json={"user_id": user["id"]})
         assert r.json()["strategy"] == "id" and r.json()["cache"] == "miss"
-        runtime = app.state.runtime
-        key = runtime.cache.key(cat["version"], "u", user["id"])
-        served = np.frombuffer(runtime.cache._data[key][1], dtype=np.float32)
+        store = app.state.runtime.store
+        key = store.user_key(user["id"], cat["version"])
+        found = await store.read(user["id"], key, cat["dim"])
+        assert found.cache == "hit"  # the vector cached for this very history
+        served = found.vector
 
     current = bundle.resolve(root)
     model = bundle.load_towers(current)
@@ -533,3 +552,118 @@ async def test_concurrent_requests_share_forward_passes_and_searches(served_root
         assert all(r.status_code == 200 and len(ids(r.json())) == 4 for r in similar)
         final = metrics.batch_size.collect()[0].samples
         assert next(s.value for s in final if s.name.endswith("_count")) - count < 12
+
+
+async def test_recent_items_may_repeat_in_order_and_are_excluded_as_a_set(served_root, cat):
+    a, b = cat["items"][10]["id"], cat["items"][11]["id"]
+    async with serve(settings(served_root)) as (client, _):
+        r = await client.post("/recommend", json={"recent_items": [a, b, a, a], "k": 20})
+        assert r.status_code == 200, r.text
+        repeated = r.json()
+        assert repeated["strategy"] == "sequence" and not {a, b} & set(ids(repeated))
+        once = (await client.post("/recommend", json={"recent_items": [b, a], "k": 20})).json()
+        # the sequence reaches the encoder as sent: a repeat is not dropped
+        scores = [it["score"] for it in repeated["items"]]
+        assert scores != [it["score"] for it in once["items"]]
+        again = await client.post("/recommend", json={"recent_items": [a, b, a, a], "k": 3})
+        assert again.json()["cache"] == "hit"  # same inputs (repeats included): same key
+
+
+# (content-type, body) pairs a careless client or a fuzzer sends
+HOSTILE = [
+    ("application/json", b"\xff\xfe\x00{"),  # not UTF-8
+    ("application/json", b'{"k": NaN}'),
+    ("application/json", b'{"k": Infinity}'),
+    ("application/json", b'{"k": 1e400}'),
+    ("application/json", b'{"user_id": "\\ud800", "item_id": "\\udfff"}'),
+    ("application/json", b'{"features": {"age": NaN}, "recent_items": ["\\ud800"]}'),
+    ("application/json", b'{"requests": [{"k": -Infinity}]}'),
+    ("application/json", b'{"events": [{"user_id": "u", "item_id": "1", "timestamp": NaN}]}'),
+    ("application/json", b"[" * 50_000),
+    ("application/json", b'"just a string"'),
+    ("application/json", b"{not json"),
+    ("text/plain", b"hello"),
+    ("application/x-www-form-urlencoded", b"user_id=1&item_id=2"),
+    ("application/octet-stream", b"\x00\x01\x02\xff"),
+]
+
+
+async def test_hostile_bodies_get_4xx_never_5xx_and_the_status_says_why(served_root):
+    async with serve(settings(served_root)) as (client, _):
+        for path in ("/recommend", "/recommend/batch", "/events"):
+            for content_type, raw in HOSTILE:
+                r = await client.post(path, content=raw, headers={"content-type": content_type})
+                case = (path, content_type, raw[:40])
+                assert 400 <= r.status_code < 500, (case, r.status_code, r.text)
+                r.json()  # always a JSON error body
+                if content_type != "application/json":
+                    assert r.status_code == 415, case
+                elif raw.startswith((b"\xff", b"{not", b"[[")):
+                    assert r.status_code == 400, case
+                else:
+                    assert r.status_code == 422, (case, r.text)
+
+
+async def test_non_finite_numbers_are_invalid_wherever_a_number_is_expected(served_root, cat):
+    spec = cat["manifest"]["model"]["user_features"]
+    bucket = next((f["name"] for f in spec if f["kind"] == "bucket"), None)
+    item = cat["items"][0]["id"]
+    async with serve(settings(served_root)) as (client, _):
+        bodies = [
+            ("/events", '{"user_id": "u", "item_id": "' + item + '", "timestamp": Infinity}'),
+            ("/events", '{"user_id": "u", "item_id": "' + item + '", "timestamp": 1e400}'),
+            ("/recommend", '{"k": 1e400}'),
+        ]
+        if bucket is not None:
+            bodies += [
+                ("/recommend", '{"features": {"' + bucket + '": NaN}}'),
+                ("/recommend", '{"features": {"' + bucket + '": ' + "9" * 400 + "}}"),
+            ]
+        for path, raw in bodies:
+            r = await client.post(path, content=raw, headers={"content-type": "application/json"})
+            assert r.status_code == 422, (raw, r.text)
+        r = await client.post("/recommend", json={"user_id": "u"})
+        assert r.json()["strategy"] == "popular"  # no event was recorded
+
+
+async def test_event_ids_make_retries_record_once_in_process(served_root, cat):
+    a, b = cat["items"][1]["id"], cat["items"][2]["id"]
+    events = [
+        {"user_id": "r1", "item_id": a, "event_id": "e-1"},
+        {"user_id": "r1", "item_id": b, "event_id": "e-2"},
+        {"user_id": "r2", "item_id": a},
+    ]
+    async with serve(settings(served_root, history_len=10)) as (client, app):
+        first = (await client.post("/events", json=events)).json()  # a bare array
+        assert (first["recorded"], first["duplicates"]) == (3, 0)
+        retry = (await client.post("/events", json={"events": events})).json()
+        assert (retry["recorded"], retry["duplicates"]) == (1, 2)  # r2 had no event_id
+        assert retry["users"][0] == {
+            "user_id": "r1",
+            "status": "duplicate",
+            "recorded": [],
+            "duplicates": [0, 1],
+            "failed": [],
+            "error": None,
+        }
+        store = app.state.runtime.store
+        assert (await store.read("r1", None, 1)).history == [a, b]
+        assert (await store.read("r2", None, 1)).history == [a, a]
+
+
+async def test_every_route_documents_every_status_it_returns(served_root):
+    async with serve(settings(served_root)) as (client, _):
+        spec = (await client.get("/openapi.json")).json()
+    expected = {
+        ("/recommend", "post"): {"200", "400", "401", "413", "415", "422", "503"},
+        ("/recommend/batch", "post"): {"200", "400", "401", "413", "415", "422", "503"},
+        ("/events", "post"): {"200", "400", "401", "413", "415", "422", "503"},
+        ("/similar-items/{item_id}", "get"): {"200", "401", "404", "422", "503"},
+        ("/items/{item_id}", "get"): {"200", "401", "404", "422", "503"},
+        ("/readyz", "get"): {"200", "503"},
+        ("/admin/reload", "post"): {"200", "401", "403", "409", "422"},
+    }
+    for (path, method), codes in expected.items():
+        assert set(spec["paths"][path][method]["responses"]) == codes, path
+    body = spec["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+    assert len(body["schema"]["anyOf"]) == 3  # {events: [...]}, a bare array, one event

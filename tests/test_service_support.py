@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.config import Settings
+from service.core.config import Settings
 from training import bundle
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 
-from service.deps import runtime_of
+from service.core.errors import responses
+from service.core.security import require_admin_key
+from service.deps import RuntimeDep
 from service.runtime import ReloadError
 from service.schemas import ReloadResponse
-from service.security import require_admin_key
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
@@ -16,13 +17,12 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
     "/reload",
     response_model=ReloadResponse,
     summary="Reload the bundle; a broken bundle is refused (409) and the old one keeps serving",
-    responses={409: {"description": "The new bundle failed to load"}},
+    responses=responses(401, 403, 409, 422),
 )
 async def reload(
-    request: Request,
+    runtime: RuntimeDep,
     force: bool = Query(False, description="Reload even if unchanged"),
 ) -> ReloadResponse:
-    runtime = runtime_of(request)
     previous = runtime.engine.version if runtime.engine else None
     try:
         result = await runtime.reload(force=force)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from service.deps import runtime_of
-from service.security import require_api_key
+from service.core.errors import responses
+from service.deps import MetricsDep, RuntimeDep
+from service.schemas import Readiness
 
 public = APIRouter(tags=["health"])
-protected = APIRouter(tags=["health"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["health"])
 
 
 @public.get("/healthz", summary="The process is alive")
@@ -19,17 +20,21 @@ async def healthz() -> dict:
 
 @public.get(
     "/readyz",
-    summary="Bundle loaded and Redis reachable (or no Redis configured)",
-    responses={503: {"description": "Not ready; `reason` says why"}},
+    summary="Ready to answer /recommend: a bundle is loaded (Redis only with REDIS_REQUIRED)",
+    response_model=Readiness,
+    responses={503: {"description": "Not ready; `reason` says why", "model": Readiness}},
 )
-async def readyz(request: Request) -> JSONResponse:
-    ok, info = await runtime_of(request).readiness()
-    return JSONResponse(
-        {"status": "ready" if ok else "not ready", **info}, status_code=200 if ok else 503
-    )
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    ready, body = await runtime.readiness()
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@protected.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    body, content_type = request.app.state.metrics.render()
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}} | responses(401),
+)
+async def metrics(metrics: MetricsDep) -> Response:
+    body, content_type = metrics.render()
     return Response(body, media_type=content_type)

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 
 from service import render
-from service.deps import engine_of, json_body, runtime_of
+from service.core.errors import responses
+from service.deps import ServingDep
 from service.recommend import recommend, too_long
-from service.routes.lean import LeanRoute
 from service.schemas import BatchRequest, BatchResponse, RecommendRequest, RecommendResponse
 
-router = APIRouter(tags=["recommend"], route_class=LeanRoute)
+router = APIRouter(tags=["recommend"])
+
+ERRORS = responses(400, 401, 413, 415, 422, 503)
+
+
+def json_response(body: str) -> Response:
+    """A body rendered by service.render (``response_model`` documents its schema)."""
+    return Response(body, media_type="application/json")
 
 
 @router.post(
     "/recommend",
     response_model=RecommendResponse,
     summary="Top-k items for one user (features, recent items, a known user id, or popularity)",
+    responses=ERRORS,
 )
-async def recommend_one(body: RecommendRequest, request: Request) -> Response:
-    (response,) = await recommend([body], engine_of(request), runtime_of(request), [("body",)])
-    return json_body(response)
+async def recommend_one(body: RecommendRequest, serving: ServingDep) -> Response:
+    (answer,) = await recommend([body], [("body",)], serving)
+    return json_response(answer)
 
 
 @router.post(
@@ -29,14 +37,14 @@ async def recommend_one(body: RecommendRequest, request: Request) -> Response:
     response_model=BatchResponse,
     summary="Up to MAX_BATCH /recommend bodies, answered in order with one forward "
     "pass and one index search",
+    responses=ERRORS,
 )
-async def recommend_batch(body: BatchRequest, request: Request) -> Response:
-    engine, runtime = engine_of(request), runtime_of(request)
-    limit = runtime.settings.max_batch
+async def recommend_batch(body: BatchRequest, serving: ServingDep) -> Response:
+    limit = serving.settings.max_batch
     if len(body.requests) > limit:
         raise RequestValidationError(
             [too_long(("body", "requests"), body.requests, limit, "MAX_BATCH")]
         )
     locs = [("body", "requests", n) for n in range(len(body.requests))]
-    responses = await recommend(body.requests, engine, runtime, locs)
-    return json_body(render.batch(responses, engine.version))
+    answers = await recommend(body.requests, locs, serving)
+    return json_response(render.batch(answers, serving.engine.version))

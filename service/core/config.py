@@ -25,12 +25,23 @@ class Settings(BaseSettings):
     index_mmap: bool = Field(True, description="Memory-map the FAISS index when possible.")
 
     # --- cache / Redis ------------------------------------------------------------------
-    redis_url: str | None = Field(
-        None, description="Redis for the vector cache and event histories; unset = in-process."
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis for the vector cache and event histories (a password goes in "
+        "the URL; never logged or shown); unset = in-process.",
+    )
+    redis_cluster: bool = Field(
+        False, description="REDIS_URL names a seed node of a Redis Cluster (RedisCluster client)."
+    )
+    redis_required: bool = Field(
+        False,
+        description="/readyz answers 503 while Redis is unreachable (default: 200, degraded).",
     )
     cache_enabled: bool = Field(True, description="False turns the user-vector cache off.")
     cache_ttl_s: int = Field(3600, ge=1, description="TTL of a cached user vector.")
-    cache_prefix: str = Field("towerrec:", description="Prefix of every Redis key.")
+    cache_prefix: str = Field(
+        "towerrec:", pattern=r"^[^{}]*$", description="Prefix of every Redis key (no braces)."
+    )
     cache_local_size: int = Field(
         100_000, ge=1, description="Entries of the in-process LRU used when REDIS_URL is unset."
     )
@@ -49,7 +60,12 @@ class Settings(BaseSettings):
         50, ge=1, description="Recent items kept per user (bundle history + /events)."
     )
     history_ttl_s: int = Field(
-        0, ge=0, description="Expire a user's event list after this long idle; 0 = never."
+        30 * 86400, ge=0, description="Expire a user's event list after this long idle; 0 = never."
+    )
+    event_id_ttl_s: int = Field(
+        86400,
+        ge=1,
+        description="How long an event_id is remembered (retries within it are ignored).",
     )
     local_history_users: int = Field(
         100_000, ge=1, description="Users kept by the in-process history (no Redis)."
@@ -70,20 +86,9 @@ class Settings(BaseSettings):
     traced_tower: bool = Field(
         True,
         description="Run the user tower as a TorchScript trace (checked against eager at "
-        "load; same outputs, 1.2-2.3x faster for micro-batches of 1-32).",
+        "load; same outputs, less Python per forward pass); false = eager.",
     )
-    microbatch: bool = Field(
-        True, description="Run concurrent requests as one forward pass and one search."
-    )
-    batch_window_ms: float = Field(
-        0.0, ge=0, description="Extra wait for more requests before a micro-batch runs."
-    )
-    batch_max: int = Field(128, ge=1, description="Largest micro-batch.")
-    inline_search: bool = Field(
-        True,
-        description="Run search-only work (cache hits, similar items) on the event "
-        "loop, batched per loop iteration, instead of handing it to the compute thread.",
-    )
+    batch_max: int = Field(128, ge=1, description="Most cache misses in one forward pass.")
 
     # --- security -----------------------------------------------------------------------
     api_key: SecretStr | None = Field(
@@ -107,7 +112,3 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
-
-
-def get_settings() -> Settings:
-    return Settings()

@@ -16,7 +16,7 @@ import json
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-from service.config import Settings
+from service.core.config import Settings
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="API_KEY (or ADMIN_API_KEY for /admin/*)"
@@ -35,11 +35,6 @@ def _settings(request: Request) -> Settings:
 
 async def require_api_key(request: Request, key: str | None = Security(api_key_header)) -> None:
     _authorize(_settings(request), key)
-
-
-def check_api_key(request: Request) -> None:
-    """``require_api_key`` for code that runs without FastAPI's dependency injection."""
-    _authorize(_settings(request), request.headers.get(api_key_header.model.name))
 
 
 def _authorize(settings: Settings, key: str | None) -> None:
@@ -74,18 +69,29 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body larger than {limit} bytes (MAX_BODY_BYTES)")
 
 
-class BodySizeLimitMiddleware:
-    """Pure ASGI: 413 when Content-Length or the streamed body exceeds ``limit`` bytes."""
+def is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+class BodyGuardMiddleware:
+    """Pure ASGI, for every request body: 415 when a POST says its body is anything but
+    JSON (every body this API takes is JSON; no Content-Type is read as JSON), 413 when
+    Content-Length or the streamed body exceeds ``limit`` bytes. A middleware rather
+    than a route dependency: each dependency FastAPI solves costs a measurable share of
+    a cache hit (docs/BENCHMARKS.md, "Load")."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
-    async def _reject(self, send) -> None:
-        body = json.dumps({"detail": BodyTooLarge(self.limit).detail}).encode()
+    async def _reject(self, send, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -97,6 +103,7 @@ class BodySizeLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        too_large = BodyTooLarge(self.limit).detail
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -104,8 +111,10 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    return await self._reject(send)
-                break
+                    return await self._reject(send, 413, too_large)
+            elif name == b"content-type" and scope["method"] == "POST" and not is_json(value):
+                detail = "send the body as Content-Type: application/json"
+                return await self._reject(send, 415, detail)
         received = 0
         started = False
 
@@ -128,4 +137,4 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, 413, too_large)
