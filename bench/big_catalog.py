@@ -133,102 +133,155 @@ def workers_of(pid: int) -> list[int]:
     return found
 
 
-def startup(bundle: Path, redis_url: str, env: dict[str, str], timeout: float = 300) -> dict:
-    """Spawn ``python -m service serve --workers 2``; time readiness, the first answer and
-    both workers' startup; then the workers' memory after 200 requests."""
-    import httpx
+class Launch:
+    """One ``python -m service serve --workers N`` on a free port, its stderr collected."""
 
-    from bench.load import free_port
+    def __init__(self, bundle: Path, redis_url: str, env: dict[str, str], workers: int):
+        from bench.load import free_port
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    full_env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "ARTIFACTS_DIR": str(bundle),
-        "REDIS_URL": redis_url,
-        "RELOAD_POLL_S": "0",
-        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-"),
-        **env,
-    }
-    full_env.pop("API_KEY", None)
-    spawned = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2", "--log-level", "info"],
-        cwd=ROOT, env=full_env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    started: list[float] = []
-    lines: list[str] = []
+        self.workers = workers
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "ARTIFACTS_DIR": str(bundle),
+            "REDIS_URL": redis_url,
+            "RELOAD_POLL_S": "0",
+            "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
+            **env,
+        }
+        full_env.pop("API_KEY", None)
+        self.spawned = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port",
+             self.url.rsplit(":", 1)[1], "--workers", str(workers), "--log-level", "info"],
+            cwd=ROOT, env=full_env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        threading.Thread(target=self._read_log, daemon=True).start()
 
-    def read_log() -> None:
-        for line in proc.stderr:
-            lines.append(line)
-            if "Application startup complete" in line:
-                started.append(time.monotonic() - spawned)
+    def _read_log(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
 
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    out: dict = {}
-    try:
-        body = {"user_id": "1", "k": 10}
-        with httpx.Client(base_url=url, timeout=60) as client:
-            deadline = spawned + timeout
-            while "ready_s" not in out or "first_recommend_s" not in out:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start:\n" + "".join(lines[-40:]))
+    def wait(self, timeout: float) -> dict:
+        """Seconds from spawning to /readyz 200 and to the first /recommend 200; an
+        ``error`` instead when the server exits, its workers keep dying, or time runs out."""
+        import httpx
+
+        out: dict = {}
+        deadline = self.spawned + timeout
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while "first_recommend_s" not in out:
+                died = sum("died" in line for line in self.lines)
+                if self.proc.poll() is not None or died >= 2 * self.workers:
+                    return {"error": f"workers died {died} times before serving", "log": self.log()}
+                if time.monotonic() > deadline:
+                    return {"error": f"not serving after {timeout:.0f} s", "log": self.log()}
                 try:
                     if "ready_s" not in out and client.get("/readyz").status_code == 200:
-                        out["ready_s"] = round(time.monotonic() - spawned, 1)
-                    if client.post("/recommend", json=body).status_code == 200:
-                        out.setdefault("first_recommend_s", round(time.monotonic() - spawned, 1))
+                        out["ready_s"] = round(time.monotonic() - self.spawned, 1)
+                    r = client.post("/recommend", json={"user_id": "1", "k": 10})
+                    if r.status_code == 200:
+                        out["first_recommend_s"] = round(time.monotonic() - self.spawned, 1)
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
-            while len(started) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            out["workers_started_s"] = [round(s, 1) for s in started]
-            errors = 0
-            for n in range(200):  # new connections: both workers answer
-                with httpx.Client(base_url=url, timeout=60) as fresh:
-                    r = fresh.post("/recommend", json={"user_id": str(1 + n % 900), "k": 10})
-                    errors += r.status_code != 200
-            out["errors_of_200"] = errors
-        workers = workers_of(proc.pid)
-        out["workers"] = [memory(pid) for pid in workers]
+        return out
+
+    def requests(self, n: int = 200) -> int:
+        """``n`` /recommend calls, each on a new connection (so every worker answers some);
+        returns how many were not 200."""
+        import httpx
+
+        errors = 0
+        for i in range(n):
+            with httpx.Client(base_url=self.url, timeout=60) as fresh:
+                r = fresh.post("/recommend", json={"user_id": str(1 + i % 900), "k": 10})
+                errors += r.status_code != 200
+        return errors
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.workers == 1 else workers_of(self.proc.pid)
+
+    def log(self) -> str:
+        return "".join(self.lines[-12:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+def startup(
+    bundle: Path,
+    redis_url: str,
+    env: dict[str, str],
+    servers: tuple[int, ...] = (2,),
+    timeout: float = 300,
+) -> dict:
+    """Spawn one server per entry of ``servers`` (its worker count) at once; time each to
+    serving, then measure every worker's memory after 200 requests per server."""
+    launches = [Launch(bundle, redis_url, env, workers) for workers in servers]
+    try:
+        waits = [launch.wait(timeout) for launch in launches]
+        failed = next((w for w in waits if "error" in w), None)
+        if failed:
+            return failed
+        errors = sum(launch.requests() for launch in launches)
+        return {
+            "ready_s": max(w["ready_s"] for w in waits),
+            "first_recommend_s": max(w["first_recommend_s"] for w in waits),
+            "errors_of_200": errors,
+            "requests": 200 * len(launches),
+            "workers": [memory(pid) for launch in launches for pid in launch.pids()],
+        }
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        shutil.rmtree(full_env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    return out
+        for launch in launches:
+            launch.stop()
 
 
 # --- the report ---------------------------------------------------------------------------
+SETUPS = {  # name: (server worker counts, INDEX_MMAP)
+    "1 server, 1 worker, mmap": ((1,), "true"),
+    "1 server, 2 workers, mmap": ((2,), "true"),
+    "2 servers of 1 worker, mmap": ((1, 1), "true"),
+    "2 servers of 1 worker, no mmap": ((1, 1), "false"),
+}
+
+
 def startup_table(runs: dict[str, dict]) -> str:
     lines = [
-        "| INDEX_MMAP | /readyz 200 | first /recommend 200 | workers started | "
-        "RSS per worker | PSS per worker | private (anon) per worker | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| setup | /readyz 200 | first /recommend 200 | RSS per worker | PSS per worker | "
+        "private (anon) per worker | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def per(r: dict, key: str) -> str:
         return " / ".join(f"{w[key]:,}" for w in r["workers"])
 
     for name, r in runs.items():
+        if "error" in r:
+            lines.append(f"| {name} | {r['error']} | | | | | |")
+            continue
         lines.append(
-            f"| {name} | {r['ready_s']} s | {r['first_recommend_s']} s | "
-            f"{', '.join(f'{s} s' for s in r['workers_started_s'])} | {per(r, 'rss')} MiB | "
-            f"{per(r, 'pss')} MiB | {per(r, 'anon')} MiB | {r['errors_of_200']} of 200 |"
+            f"| {name} | {r['ready_s']} s | {r['first_recommend_s']} s | {per(r, 'rss')} MiB | "
+            f"{per(r, 'pss')} MiB | {per(r, 'anon')} MiB | {r['errors_of_200']} of "
+            f"{r['requests']} |"
         )
     return "\n".join(lines)
 
 
-def section(info: dict, runs: dict[str, dict], load_text: str, command: str) -> str:
+def section(
+    info: dict, runs: dict[str, dict], load_text: str, command: str, load_workers: str
+) -> str:
     mib = 1024 * 1024
     return "\n".join(
         [
@@ -247,16 +300,19 @@ def section(info: dict, runs: dict[str, dict], load_text: str, command: str) -> 
             f"{info['seconds']['tower']} s (tower) + {info['seconds']['add']} s (add) + "
             f"{info['seconds']['ivf']} s (IVF k-means and adds).",
             "",
-            "### Startup and memory (2 workers)",
+            "### Startup and memory",
             "",
-            "Seconds from spawning `python -m service serve --workers 2`; memory from "
-            "`/proc/<worker>/smaps_rollup` after 200 requests. PSS splits each shared page "
-            "between the processes mapping it; *private* is anonymous memory, which no other "
-            "worker can share.",
+            "Seconds from spawning `python -m service serve --workers N` (the servers of a "
+            "setup started together, on the same 2 cores) to the first 200 of /readyz and "
+            "/recommend; memory from `/proc/<worker>/smaps_rollup` after 200 requests per "
+            "server. PSS splits each shared page between the processes mapping it; *private* "
+            "is anonymous memory, which no other process can share. Two 1-worker servers map "
+            "the same files exactly as two workers of one server do (the page cache is shared "
+            "by every process mapping a file).",
             "",
             startup_table(runs),
             "",
-            "### Latency and errors (bench.load, 2 workers)",
+            f"### Latency and errors (bench.load, {load_workers} worker(s))",
             "",
             load_text.strip(),
         ]
@@ -274,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reuse", action="store_true", help="keep a bundle --out already holds")
     p.add_argument("--duration", type=float, default=10.0, help="bench.load seconds per scenario")
     p.add_argument("--concurrency", default="8,32", help="bench.load concurrencies")
+    p.add_argument("--load-workers", default="2", help="bench.load worker counts")
     p.add_argument("--no-load", action="store_true", help="skip the bench.load part")
     p.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -292,10 +349,10 @@ def main(argv: list[str] | None = None) -> None:
     redis = Redis()
     try:
         runs = {}
-        for mmap in ("true", "false"):
+        for name, (servers, mmap) in SETUPS.items():
             redis.flush()
-            runs[mmap] = startup(bundle, redis.url, {"INDEX_MMAP": mmap})
-            print(mmap, json.dumps(runs[mmap]), flush=True)
+            runs[name] = startup(bundle, redis.url, {"INDEX_MMAP": mmap}, servers)
+            print(name, json.dumps(runs[name]), flush=True)
     finally:
         redis.stop()
     print(startup_table(runs), flush=True)
@@ -304,9 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_load:
         results = RESULTS_DIR / f"big-load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
         load = subprocess.run(
-            [sys.executable, "-m", "bench.load", "--bundle", str(bundle), "--workers", "2",
-             "--concurrency", args.concurrency, "--duration", str(args.duration),
-             "--no-write", "--json", str(results)],
+            [sys.executable, "-m", "bench.load", "--bundle", str(bundle),
+             "--workers", args.load_workers, "--concurrency", args.concurrency,
+             "--duration", str(args.duration), "--no-write", "--json", str(results)],
             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
         print(load.stdout[-6000:], load.stderr[-3000:], flush=True)
@@ -319,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps({"catalog": info, "startup": runs}, indent=2))
     command = "python -m bench.big_catalog " + " ".join(argv)
     if not args.no_write:
-        write_section(HEADING, section(info, runs, load_text, command))
+        write_section(HEADING, section(info, runs, load_text, command, args.load_workers))
         print(f"updated the ## {HEADING} section of docs/BENCHMARKS.md")
 
 
