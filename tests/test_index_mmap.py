@@ -89,3 +89,28 @@ def test_loading_maps_the_index_files_instead_of_copying_them(big_bundles, kind)
     # the same load, minus the two files' worth of private memory
     saved = copied["anon_kb"] - mapped["anon_kb"]
     assert saved > 0.8 * file_kb, (mapped, copied, file_kb)
+
+
+def test_items_are_parsed_with_the_gc_paused_and_it_is_restored(big_bundles, monkeypatch):
+    import gc
+
+    seen = []
+    real_loads = store.json.loads
+
+    def loads(text, *args, **kwargs):
+        value = real_loads(text, *args, **kwargs)
+        if isinstance(value, list) and len(value) == N_ITEMS:  # items.json
+            seen.append(gc.isenabled())
+        return value
+
+    monkeypatch.setattr(store.json, "loads", loads)
+    assert gc.isenabled()
+    snap = store.load_version(big_bundles["flat"], verify=False)
+    assert seen == [False] and gc.isenabled()
+    assert len(snap.items) == N_ITEMS
+    gc.disable()
+    try:  # a caller that turned it off keeps it off
+        store.load_version(big_bundles["flat"], verify=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
