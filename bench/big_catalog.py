@@ -360,8 +360,10 @@ def main(argv: list[str] | None = None) -> None:
     load_text = "(skipped: --no-load)"
     if not args.no_load:
         results = RESULTS_DIR / f"big-load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+        # bench.load gives a server 120 s to become ready; a 1M-item worker can need more
+        ready_timeout = "import bench.load as b; b.wait_http.__defaults__ = (900,); b.main()"
         load = subprocess.run(
-            [sys.executable, "-m", "bench.load", "--bundle", str(bundle),
+            [sys.executable, "-c", ready_timeout, "--bundle", str(bundle),
              "--workers", args.load_workers, "--concurrency", args.concurrency,
              "--duration", str(args.duration), "--no-write", "--json", str(results)],
             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
