@@ -31,6 +31,13 @@ def serve(
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     access_log: bool = typer.Option(False, help="Log every request."),
+    worker_healthcheck_s: int = typer.Option(
+        120,
+        min=1,
+        help="With --workers > 1: how long uvicorn's supervisor waits for a worker's "
+        "answer before it kills it. A worker loading a big catalog holds the GIL for "
+        "seconds at a time (uvicorn's default of 5 s kills it during startup).",
+    ),
     loop: Loop = typer.Option(
         Loop.asyncio,
         envvar="UVICORN_LOOP",
@@ -51,6 +58,7 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         loop=loop.value,
+        timeout_worker_healthcheck=worker_healthcheck_s,
     )
 
 

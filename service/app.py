@@ -63,11 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
 
     protected = [Depends(require_api_key)]
-    app.include_router(health.public)
-    app.include_router(health.router, dependencies=protected)
+    # the router tries routes in order: the busiest first
     app.include_router(recommend.router, dependencies=protected)
     app.include_router(items.router, dependencies=protected)
     app.include_router(events.router, dependencies=protected)
+    app.include_router(health.public)
+    app.include_router(health.router, dependencies=protected)
     app.include_router(admin.router)
     app.include_router(docs.build_router([] if settings.public_docs else protected))
 

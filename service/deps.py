@@ -1,6 +1,6 @@
 """What routes depend on, as ``Annotated[..., Depends()]`` aliases (FastAPI's
 full-stack template style): the settings, the engine a request uses from start to end,
-the user store, the batcher, the metrics.
+the user store, the metrics; ``ServingDep`` gathers them for the /recommend routes.
 
 The dependencies are ``async def`` functions: FastAPI runs a plain ``def`` dependency (or
 a class) in its thread pool, a thread hand-off per request for an attribute read.
@@ -44,10 +44,6 @@ async def get_store(runtime: RuntimeDep) -> UserStore:
     return runtime.store
 
 
-async def get_batcher(runtime: RuntimeDep) -> Batcher:
-    return runtime.batcher
-
-
 async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
@@ -55,7 +51,6 @@ async def get_metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 StoreDep = Annotated[UserStore, Depends(get_store)]
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 

@@ -86,6 +86,10 @@ class Runtime:
 
     # --- reloads ------------------------------------------------------------------------
     def _load(self) -> Engine:
+        """A bundle builds millions of long-lived objects for a big catalog (metadata,
+        fragments): the cyclic collector would rescan them again and again while they are
+        built, so it is off until the load ends (``reload`` turns it back on)."""
+        gc.disable()
         s = self.settings
         return Engine(
             s.artifacts_dir,
@@ -108,6 +112,8 @@ class Runtime:
                 engine = await asyncio.to_thread(self._load)
             except Exception as e:  # noqa: BLE001 - any broken bundle keeps the old one
                 return self._failed(stamp, previous, e)
+            finally:
+                gc.enable()
             self.engine = engine  # the swap: requests already running keep their reference
             if old is None:
                 gc.collect()

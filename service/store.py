@@ -4,7 +4,8 @@ Two implementations: ``RedisUserStore`` (shared by workers and replicas, durable
 is configured) and ``LocalUserStore`` (in process: lost on restart, not shared).
 
 Redis keys (every key of one user carries the hash tag ``{u:<user_id>}``, so each
-per-user operation touches one slot and runs unchanged on Redis Cluster):
+per-user operation touches one slot and runs unchanged on Redis Cluster; ids go into keys
+with ``%``, ``{``, ``}`` and ``:`` percent-encoded, see ``escape``):
 
 - ``<prefix>{u:<id>}:hist``: the user's events, a list of item ids, oldest first, trimmed
   to HISTORY_LEN, expiring HISTORY_TTL_S after the last event;
@@ -58,6 +59,15 @@ def redact(text: str) -> str:
     return re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
 
 
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A"})
+
+
+def escape(ident: str) -> str:
+    """A client's id as a key part: ``%``, braces and colons percent-encoded, so no id can
+    end the hash tag early or spell another key (user ``a}:event:x`` vs user ``a``)."""
+    return ident.translate(_ESCAPES)
+
+
 def history_tag(history: list[str]) -> bytes:
     return hashlib.blake2b("\x1f".join(history).encode(), digest_size=TAG_BYTES).digest()
 
@@ -96,16 +106,16 @@ class UserStore:
         self.prefix = prefix
 
     def user_key(self, user_id: str, version: str) -> VectorKey:
-        return VectorKey(f"{self.prefix}{{u:{user_id}}}:vec:{version}", True)
+        return VectorKey(f"{self.prefix}{{u:{escape(user_id)}}}:vec:{escape(version)}", True)
 
     def inputs_key(self, digest: str, version: str) -> VectorKey:
-        return VectorKey(f"{self.prefix}{{h:{digest}}}:vec:{version}", False)
+        return VectorKey(f"{self.prefix}{{h:{digest}}}:vec:{escape(version)}", False)
 
     def history_key(self, user_id: str) -> str:
-        return f"{self.prefix}{{u:{user_id}}}:hist"
+        return f"{self.prefix}{{u:{escape(user_id)}}}:hist"
 
     def event_key(self, user_id: str, event_id: str) -> str:
-        return f"{self.prefix}{{u:{user_id}}}:event:{event_id}"
+        return f"{self.prefix}{{u:{escape(user_id)}}}:event:{escape(event_id)}"
 
     async def read(self, user_id: str | None, vector: VectorKey | None, dim: int) -> Lookup:
         raise NotImplementedError

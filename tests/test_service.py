@@ -661,7 +661,7 @@ async def test_every_route_documents_every_status_it_returns(served_root):
         ("/similar-items/{item_id}", "get"): {"200", "401", "404", "422", "503"},
         ("/items/{item_id}", "get"): {"200", "401", "404", "422", "503"},
         ("/readyz", "get"): {"200", "503"},
-        ("/admin/reload", "post"): {"200", "401", "403", "409", "422"},
+        ("/admin/reload", "post"): {"200", "401", "403", "409", "413", "415", "422"},
     }
     for (path, method), codes in expected.items():
         assert set(spec["paths"][path][method]["responses"]) == codes, path

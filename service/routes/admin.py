@@ -17,7 +17,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
     "/reload",
     response_model=ReloadResponse,
     summary="Reload the bundle; a broken bundle is refused (409) and the old one keeps serving",
-    responses=responses(401, 403, 409, 422),
+    responses=responses(401, 403, 409, 413, 415, 422),
 )
 async def reload(
     runtime: RuntimeDep,

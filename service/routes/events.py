@@ -51,7 +51,13 @@ def by_user(events: list[Event]) -> dict[str, list[tuple[int, Event]]]:
     response_model=EventsResponse,
     summary="Record interactions: one event, {events: [...]}, or a bare array",
     responses=responses(400, 401, 413, 415, 422)
-    | {503: {"description": "Nothing was recorded (Redis unavailable)", "model": EventsResponse}},
+    | {
+        503: {
+            "description": "Nothing was recorded: every user failed (Redis unavailable, or "
+            "it refused the users' keys); the body says which",
+            "model": EventsResponse,
+        }
+    },
     openapi_extra={
         "requestBody": {"content": {"application/json": {"schema": EVENTS_BODY_SCHEMA}}}
     },
