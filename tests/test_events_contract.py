@@ -28,8 +28,13 @@ def cat(served_root):
     return catalog(served_root)
 
 
+def key_part(ident: str) -> str:
+    """An id inside a key, as service/store.py documents it: ``%{}:`` percent-encoded."""
+    return "".join({"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A"}.get(c, c) for c in ident)
+
+
 def hist_key(user: str) -> str:
-    return f"towerrec:{{u:{user}}}:hist"
+    return f"towerrec:{{u:{key_part(user)}}}:hist"
 
 
 def history(backend, user: str) -> list[str]:
