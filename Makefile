@@ -40,11 +40,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 install: $(VENV)/.installed-dev
 
-# Installs Debian's redis-server when it is missing (root or sudo).
+# Installs Debian's redis-server and redis-cli (the tests start a Redis Cluster with
+# `redis-cli --cluster create`) when either is missing (root or sudo).
 redis-server:
-	@command -v redis-server >/dev/null || { \
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server redis-tools; }
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m training train $(TRAIN_CONFIG) $(TRAIN_DATA) --encoder $(ENCODER) \

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import re
@@ -316,9 +317,25 @@ def _read_vectors(path: Path, mmap: bool, section: dict[str, Any]) -> np.ndarray
     return vectors
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a while (restored as it was). Parsing a large
+    catalog creates millions of dicts and lists; with the collector on, its collections
+    re-scan all of them again and again and cost several times the parse itself
+    (docs/BENCHMARKS.md, "Large catalog"). Nothing parsed from JSON forms a cycle."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _read_items(path: Path, section: dict[str, Any]) -> list[dict[str, Any]]:
     try:
-        items = json.loads(path.read_text())
+        with gc_paused():
+            items = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IndexFileError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(items, list) or len(items) != section["items"]:

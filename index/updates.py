@@ -105,12 +105,16 @@ def remove_items(bundle: str | Path, item_ids: list[str]) -> dict[str, Any]:
     return section
 
 
-def compact(bundle: str | Path, progress: bool = False) -> dict[str, Any]:
-    """Rebuild the FAISS index from the active rows with the same kind and parameters."""
+def compact(
+    bundle: str | Path, progress: bool = False, spec: factory.IndexSpec | None = None
+) -> dict[str, Any]:
+    """Rebuild the FAISS index from the active rows with the same kind and parameters, or
+    with ``spec`` (its automatic IVF parameters resolved for the current catalog: a
+    catalog that grew by adds keeps the nlist of its first build otherwise)."""
     with store.writer_lock(bundle) as root:
         snap = store.load_version(root, mmap=False)
         active = np.array([i for i, it in enumerate(snap.items) if it["active"]], np.int64)
-        spec = snap.spec
+        spec = snap.spec if spec is None else spec.resolved(len(active), snap.dim)
         if spec.kind == "ivf" and spec.nlist > len(active):
             spec = factory.IndexSpec.from_params("ivf", {**spec.params(), "nlist": None})
             spec = spec.resolved(len(active), snap.dim)

@@ -1,13 +1,18 @@
-"""Shared fixtures: a small trained bundle and a real redis-server on a free port."""
+"""Shared fixtures: a small trained bundle, and real Redis: ``redis_backend`` runs a test
+once on a single redis-server and once on a 3-master Redis Cluster (tests/redis_backend.py)."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_backend import RedisBackend
+from redis_cluster import redis_cluster, redis_cluster_session  # noqa: F401 (fixtures)
+from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -79,3 +84,14 @@ def ml100k() -> Path:
         "../shared/data/ml-100k relative to the project root"
     )
     return ML100K
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_backend(request) -> Iterator[RedisBackend]:
+    """Real Redis, empty, once as one redis-server and once as a 3-master Redis Cluster
+    (the session's cluster, flushed). Use it for every cache and events test."""
+    if request.param == "cluster":
+        yield RedisBackend(request.getfixturevalue("redis_cluster"))
+    else:
+        with RedisServer() as server:
+            yield RedisBackend(server)

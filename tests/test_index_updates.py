@@ -189,3 +189,22 @@ def test_a_loaded_version_keeps_serving_while_a_new_one_is_written(copy):
     assert victim in [old.item_ids[i] for i in all_results(old, q).ravel()]
     new = ItemIndex.load(bundle)
     assert new.version == 2 and 0 not in all_results(new, q).ravel().tolist()
+
+
+def test_compact_with_a_spec_retunes_ivf_for_a_catalog_that_grew(copy):
+    bundle = built(copy, "ivf")
+    n = read_manifest(bundle)["index"]["items"]
+    first = read_manifest(bundle)["index"]["params"]["nlist"]
+    dim = read_manifest(bundle)["index"]["dim"]
+    grown = 40 * n
+    vectors = np.random.default_rng(0).standard_normal((grown, dim)).astype(np.float32)
+    add_items(bundle, [{"id": f"extra-{i}", "features": {}} for i in range(grown)], vectors)
+    assert read_manifest(bundle)["index"]["params"]["nlist"] == first  # add keeps it
+    section = compact(bundle, spec=IndexSpec("ivf"))
+    expected = IndexSpec("ivf").resolved(n + grown, dim)
+    assert section["params"]["nlist"] == expected.nlist > first
+    assert section["active"] == n + grown
+    index = ItemIndex.load(bundle)
+    assert index.internal_id("extra-7") == n + 7  # ids kept
+    ids, _ = index.search(vectors[7:8], 5)
+    assert n + 7 in ids[0].tolist()

@@ -1,4 +1,5 @@
-"""The service against a real redis-server (never a mock): keys and hash tags, hits and
+"""The service against real Redis (never a mock), each test on one redis-server and on a
+3-master Redis Cluster (the ``redis_backend`` fixture): keys and hash tags, hits and
 misses, vectors tied to the history they were computed from, events recorded exactly
 once per event_id, a wrong-type key failing one user only, Redis killed / hung /
 restarted mid-test, and no password in logs or /readyz."""
@@ -16,8 +17,6 @@ import test_service_support as support
 from test_service_support import catalog, ids, serve, settings
 
 anyio_backend, served_root = support.anyio_backend, support.served_root  # fixtures
-redis_server = redis_helper.redis_server
-
 pytestmark = pytest.mark.anyio
 
 
@@ -35,10 +34,14 @@ def features_of(cat) -> dict:
     return {k: v for k, v in user["features"].items() if k in cat["user_features"]}
 
 
-def with_redis(root, url: str, **overrides):
-    """Settings for Redis at ``url``; a generous timeout unless a test is about timeouts
-    (on a busy 2-core box opening a connection can take longer than the 0.1 s default)."""
-    return settings(root, redis_url=url, **({"redis_socket_timeout_s": 1.0} | overrides))
+def with_redis(root, backend, **overrides):
+    """Settings for the ``redis_backend`` (one redis-server, or a Redis Cluster); a generous
+    timeout unless a test is about timeouts (on a busy 2-core box opening a connection can
+    take longer than the 0.1 s default)."""
+    return settings(root, **backend.settings, **({"redis_socket_timeout_s": 1.0} | overrides))
+
+
+BACKEND = {"single": "redis", "cluster": "redis-cluster"}  # /readyz cache.backend
 
 
 def hist(user: str) -> str:
@@ -55,10 +58,10 @@ async def recommend(client, body) -> dict:
     return r.json()
 
 
-async def test_miss_then_hit_with_the_vector_in_redis(served_root, redis_server, cat):
-    db = redis_server.client()
+async def test_miss_then_hit_with_the_vector_in_redis(served_root, redis_backend, cat):
+    db = redis_backend.client()
     user = known_user(cat)
-    async with serve(with_redis(served_root, redis_server.url, cache_ttl_s=120)) as (
+    async with serve(with_redis(served_root, redis_backend, cache_ttl_s=120)) as (
         client,
         _,
     ):
@@ -77,7 +80,7 @@ async def test_miss_then_hit_with_the_vector_in_redis(served_root, redis_server,
 
         body = {"features": features_of(cat), "recent_items": [cat["items"][3]["id"]]}
         assert (await recommend(client, body))["cache"] == "miss"
-        hashed = [k.decode() for k in db.keys("towerrec:{h:*")]
+        hashed = [k.decode() for k in redis_backend.keys("towerrec:{h:*")]
         assert len(hashed) == 1 and len(hashed[0].split("}")[0]) == len("towerrec:{h:") + 64
         again = await recommend(client, {**body, "k": 3})  # same inputs, other k: same vector
         assert again["cache"] == "hit"
@@ -86,29 +89,28 @@ async def test_miss_then_hit_with_the_vector_in_redis(served_root, redis_server,
 
         popular = await recommend(client, {"k": 4})
         assert popular["cache"] == "off"
-        assert len(db.keys("towerrec:*")) == 2
+        assert len(redis_backend.keys("towerrec:*")) == 2
 
 
-async def test_every_key_of_one_user_shares_one_hash_tag(served_root, redis_server, cat):
+async def test_every_key_of_one_user_shares_one_hash_tag(served_root, redis_backend, cat):
     from redis.crc import key_slot
 
-    db = redis_server.client()
     user, item = known_user(cat), cat["items"][7]["id"]
-    async with serve(with_redis(served_root, redis_server.url)) as (client, _):
+    async with serve(with_redis(served_root, redis_backend)) as (client, _):
         await recommend(client, {"user_id": user})
         r = await client.post("/events", json={"user_id": user, "item_id": item, "event_id": "x"})
         assert r.json()["recorded"] == 1
         await recommend(client, {"user_id": user})
-    keys = [k for k in db.keys("towerrec:*") if f"{{u:{user}}}".encode() in k]
+    keys = [k for k in redis_backend.keys("towerrec:*") if f"{{u:{user}}}".encode() in k]
     assert {k.decode().rsplit(":", 1)[0].split("}")[1] for k in keys} == {"", ":vec", ":event"}
     assert len(keys) == 3 and len({key_slot(k) for k in keys}) == 1
 
 
-async def test_a_wrong_type_key_fails_that_user_only(served_root, redis_server, cat):
-    db = redis_server.client()
+async def test_a_wrong_type_key_fails_that_user_only(served_root, redis_backend, cat):
+    db = redis_backend.client()
     users = [u["id"] for u in cat["users"] if u["history"]][:6]
     item = cat["items"][5]["id"]
-    async with serve(with_redis(served_root, redis_server.url)) as (client, _):
+    async with serve(with_redis(served_root, redis_backend)) as (client, _):
         first = [await recommend(client, {"user_id": u}) for u in users]
         db.delete(hist(users[0]))
         db.set(hist(users[0]), "not a list")  # WRONGTYPE for LRANGE and RPUSH
@@ -138,11 +140,11 @@ async def test_a_wrong_type_key_fails_that_user_only(served_root, redis_server, 
 
 
 async def test_events_make_the_next_answer_a_miss_for_the_new_history(
-    served_root, redis_server, cat
+    served_root, redis_backend, cat
 ):
-    db = redis_server.client()
+    db = redis_backend.client()
     user = known_user(cat)
-    s = with_redis(served_root, redis_server.url, history_len=3, history_ttl_s=600)
+    s = with_redis(served_root, redis_backend, history_len=3, history_ttl_s=600)
     async with serve(s) as (client, _):
         first = await recommend(client, {"user_id": user, "k": 10})
         assert (await recommend(client, {"user_id": user}))["cache"] == "hit"
@@ -176,10 +178,10 @@ async def test_events_make_the_next_answer_a_miss_for_the_new_history(
         assert not db.exists(hist("other"))
 
 
-async def test_a_vector_saved_for_an_old_history_is_never_served(served_root, redis_server, cat):
+async def test_a_vector_saved_for_an_old_history_is_never_served(served_root, redis_backend, cat):
     """What a request that computed its vector while an event was written leaves behind."""
     user, item = known_user(cat), cat["items"][9]["id"]
-    async with serve(with_redis(served_root, redis_server.url)) as (client, app):
+    async with serve(with_redis(served_root, redis_backend)) as (client, app):
         store, dim = app.state.runtime.store, cat["dim"]
         key = store.user_key(user, cat["version"])
         before = await store.read(user, key, dim)
@@ -192,15 +194,15 @@ async def test_a_vector_saved_for_an_old_history_is_never_served(served_root, re
         assert (await recommend(client, {"user_id": user}))["cache"] == "miss"
 
 
-async def test_event_id_retries_are_recorded_once(served_root, redis_server, cat):
-    db = redis_server.client()
+async def test_event_id_retries_are_recorded_once(served_root, redis_backend, cat):
+    db = redis_backend.client()
     a, b = cat["items"][1]["id"], cat["items"][2]["id"]
     events = [
         {"user_id": "r1", "item_id": a, "event_id": "e-1", "timestamp": 10},
         {"user_id": "r1", "item_id": b, "event_id": "e-2", "timestamp": 11},
         {"user_id": "r2", "item_id": b, "event_id": "e-1", "timestamp": 12},  # ids are per user
     ]
-    s = with_redis(served_root, redis_server.url, event_id_ttl_s=300)
+    s = with_redis(served_root, redis_backend, event_id_ttl_s=300)
     async with serve(s) as (client, _):
         first = (await client.post("/events", json=events)).json()
         assert (first["recorded"], first["duplicates"]) == (3, 0)
@@ -218,14 +220,14 @@ async def test_event_id_retries_are_recorded_once(served_root, redis_server, cat
 
 
 async def test_redis_paused_past_the_timeout_answers_what_was_recorded(
-    served_root, redis_server, cat
+    served_root, redis_backend, cat
 ):
-    db = redis_server.client()
+    db = redis_backend.client()
     item = cat["items"][4]["id"]
     events = [{"user_id": f"p{n}", "item_id": item, "event_id": f"id-{n}"} for n in range(3)]
-    s = with_redis(served_root, redis_server.url, redis_socket_timeout_s=0.1, redis_retry_s=0.2)
+    s = with_redis(served_root, redis_backend, redis_socket_timeout_s=0.1, redis_retry_s=0.2)
     async with serve(s) as (client, _):
-        redis_server.pause()
+        redis_backend.pause()
         try:
             started = time.perf_counter()
             r = await client.post("/events", json=events)
@@ -236,7 +238,7 @@ async def test_redis_paused_past_the_timeout_answers_what_was_recorded(
             assert all(u["status"] == "failed" and "retry" in u["error"] for u in body["users"])
             assert "127.0.0.1" not in r.text
         finally:
-            redis_server.resume()
+            redis_backend.resume()
         # the paused commands may have run on resume: the retry says which, nothing twice
         deadline = time.monotonic() + 10
         while True:
@@ -250,16 +252,19 @@ async def test_redis_paused_past_the_timeout_answers_what_was_recorded(
         assert db.lrange(hist(f"p{n}"), 0, -1) == [item.encode()]
 
 
-async def test_redis_killed_then_restarted(served_root, redis_server, cat):
+async def test_redis_killed_then_restarted(served_root, redis_backend, cat):
     user = known_user(cat)
-    s = with_redis(served_root, redis_server.url, redis_retry_s=0.2, redis_socket_timeout_s=0.1)
+    s = with_redis(served_root, redis_backend, redis_retry_s=0.2, redis_socket_timeout_s=0.1)
     async with serve(s) as (client, app):
         assert (await recommend(client, {"user_id": user}))["cache"] == "miss"
         assert (await recommend(client, {"user_id": user}))["cache"] == "hit"
         r = await client.get("/readyz")
-        assert r.status_code == 200 and r.json()["cache"] == {"backend": "redis", "state": "up"}
+        assert r.status_code == 200 and r.json()["cache"] == {
+            "backend": BACKEND[redis_backend.kind],
+            "state": "up",
+        }
 
-        redis_server.kill()
+        redis_backend.kill()
         started = time.perf_counter()
         for n in range(20):
             body = {"user_id": user} if n % 2 else {"features": features_of(cat), "k": 5}
@@ -272,14 +277,17 @@ async def test_redis_killed_then_restarted(served_root, redis_server, cat):
         assert (await client.get(f"/similar-items/{cat['items'][0]['id']}")).status_code == 200
         # still ready: this replica answers /recommend without Redis
         r = await client.get("/readyz")
-        assert r.status_code == 200 and r.json()["cache"] == {"backend": "redis", "state": "down"}
+        assert r.status_code == 200 and r.json()["cache"] == {
+            "backend": BACKEND[redis_backend.kind],
+            "state": "down",
+        }
         r = await client.post("/events", json={"user_id": user, "item_id": cat["items"][0]["id"]})
         assert r.status_code == 503 and r.json()["users"][0]["status"] == "failed"
         metrics = (await client.get("/metrics")).text
         assert metric(metrics, "towerrec_cache_errors_total ") >= 1
         assert "towerrec_redis_up 0.0" in metrics
 
-        redis_server.start()  # same port, empty
+        redis_backend.start()  # same port, empty
         deadline = time.monotonic() + 10
         while (await client.get("/readyz")).json()["cache"]["state"] != "up":
             assert time.monotonic() < deadline, "readyz never saw redis again"
@@ -292,23 +300,23 @@ async def test_redis_killed_then_restarted(served_root, redis_server, cat):
         assert "towerrec_redis_up 1.0" in (await client.get("/metrics")).text
 
 
-async def test_redis_required_makes_readiness_follow_redis(served_root, redis_server):
-    s = with_redis(served_root, redis_server.url, redis_required=True, redis_socket_timeout_s=0.1)
+async def test_redis_required_makes_readiness_follow_redis(served_root, redis_backend):
+    s = with_redis(served_root, redis_backend, redis_required=True, redis_socket_timeout_s=0.1)
     async with serve(s) as (client, _):
         r = await client.get("/readyz")
         assert r.status_code == 200 and r.json()["redis_required"] is True
-        redis_server.kill()
+        redis_backend.kill()
         r = await client.get("/readyz")
         assert r.status_code == 503 and "redis" in r.json()["reason"]
         assert (await client.post("/recommend", json={"k": 3})).status_code == 200
 
 
-async def test_hung_redis_costs_one_timeout_not_one_per_request(served_root, redis_server, cat):
-    s = with_redis(served_root, redis_server.url, redis_retry_s=5, redis_socket_timeout_s=0.1)
+async def test_hung_redis_costs_one_timeout_not_one_per_request(served_root, redis_backend, cat):
+    s = with_redis(served_root, redis_backend, redis_retry_s=5, redis_socket_timeout_s=0.1)
     body = {"features": features_of(cat), "k": 5}
     async with serve(s) as (client, _):
         assert (await recommend(client, body))["cache"] == "miss"
-        redis_server.pause()
+        redis_backend.pause()
         try:
             started = time.perf_counter()
             first = await recommend(client, body)
@@ -319,7 +327,7 @@ async def test_hung_redis_costs_one_timeout_not_one_per_request(served_root, red
                 assert (await recommend(client, body))["cache"] == "off"
             assert time.perf_counter() - started < 1.0
         finally:
-            redis_server.resume()
+            redis_backend.resume()
 
 
 async def test_the_password_never_reaches_logs_or_responses(served_root, cat, caplog):
