@@ -82,9 +82,10 @@ class ItemKNN:
 
     @staticmethod
     def memory_bytes(n_items: int, n_interactions: int, neighbours: int = 100) -> int:
-        # user-item matrix and its transpose (CSR: 4 + 4 bytes a cell), one block's
-        # co-occurrences with their sort order (~40 bytes a cell), the kept neighbours
-        return 16 * n_interactions + 40 * BLOCK_ELEMENTS + 12 * n_items * neighbours
+        # user-item matrix and its transpose (built from int64 pairs, then CSR: 4 + 4
+        # bytes a cell), one block's co-occurrences with their sort order (~40 bytes a
+        # cell), the kept neighbours (int32 rows and columns, float32 values, then CSR)
+        return 40 * n_interactions + 40 * BLOCK_ELEMENTS + 20 * n_items * neighbours
 
     def fit(self, split: Split, stage: Stage = "valid") -> ItemKNN:
         n = split.n_items
@@ -104,13 +105,13 @@ class ItemKNN:
             r, c, v = r[order], c[order], v[order]
             rank = np.arange(len(r)) - np.searchsorted(r, r)
             keep = rank < k
-            rows.append(start + r[keep])
-            cols.append(c[keep])
+            rows.append((start + r[keep]).astype(np.int32))
+            cols.append(c[keep].astype(np.int32))
             vals.append(v[keep].astype(np.float32))
         self.sim = sp.csr_matrix(
             (np.concatenate(vals + [np.zeros(0, np.float32)]),
-             (np.concatenate(rows + [np.zeros(0, np.int64)]),
-              np.concatenate(cols + [np.zeros(0, np.int64)]))),
+             (np.concatenate(rows + [np.zeros(0, np.int32)]),
+              np.concatenate(cols + [np.zeros(0, np.int32)]))),
             shape=(n, n),
         )  # fmt: skip
         return self
