@@ -50,6 +50,7 @@ bench: install redis-server
 	$(BIN)/python -m bench.index
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.tower
+	$(BIN)/python -m bench.scale --timeout 3600
 
 lint: install
 	$(BIN)/ruff check service training index tests bench

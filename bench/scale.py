@@ -1,14 +1,18 @@
 """Cost of the whole default training run as the data grows.
 
     python -m bench.scale [--only 100k,1m,5m,20m,cat-2k,cat-20k,cat-200k,ml-100k,...]
-                          [--timeout 600] [--deadline 07:55] [--no-write]
+                          [--timeout 600] [--deadline 07:55] [--steps 5]
+                          [--no-probe | --no-run] [--no-write]
 
 Every scenario runs the product's own command, ``python -m training train`` with its
 defaults (only ``--dataset``, ``--data-dir`` and ``--out`` given), in a child process,
 and records the load time, wall time per epoch (one pass of the loop: the training
 steps plus that epoch's validation, from the progress bar), the epochs made, the total
 wall time and the child's peak RSS (``wait4``; ``VmHWM`` while it runs), next to the
-out-of-memory estimate the run printed before it started.
+out-of-memory estimate the run printed before it started. Before it, a probe (a child
+process: the same loading, split and default Trainer, in-process) times a few training
+steps and one validation pass and projects the CPU time of an epoch, the number that
+stays comparable when a big log's first epoch does not end within the timeout.
 
 Scenarios: the project's synthetic generator written as a generic CSV (``dataset.toml``
 + tables, user and item features included) at 100k, 1M, 5M and 20M interactions with
@@ -200,6 +204,69 @@ def run(s: Scenario, work: Path, timeout: float, threads: int | None, bench: str
     return row
 
 
+def probe(s: Scenario, work: Path, steps: int) -> dict:
+    """In this process: load ``s`` and build the default run exactly as the trainer
+    does, then time ``steps`` training steps (after one warm-up step) and one
+    validation pass. For logs whose first epoch does not end within the timeout, this
+    projects the CPU time of an epoch: steps per epoch x CPU per step + validation."""
+    import torch
+
+    from training.model import TwoTower
+    from training.pipeline import Run, RunConfig, load
+    from training.train import Trainer
+
+    data_args, _ = prepare(s, work)
+    cfg = RunConfig(dataset=data_args[1], data_dir=data_args[3])
+    torch.set_num_threads(cfg.threads)
+    wall, cpu = time.perf_counter(), time.process_time()
+    run_ = Run(load(cfg, fallback=False), cfg)
+    row = {
+        "probe_load_s": time.perf_counter() - wall,
+        "probe_load_cpu_s": time.process_time() - cpu,
+    }
+    torch.manual_seed(cfg.train.seed)
+    model = TwoTower(run_.tower_config(cfg.encoders[0]))
+    trainer = Trainer(model, run_.split, run_.item_feats, run_.user_feats, cfg.train)
+    batch = cfg.train.batch_size
+    trainer.train_epoch(trainer.train_users[:batch])  # warm-up
+    users = trainer.train_users[: steps * batch]
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer.train_epoch(users)
+    n_steps = math.ceil(len(users) / batch)
+    row |= {
+        "step_s": (time.perf_counter() - wall) / n_steps,
+        "step_cpu_s": (time.process_time() - cpu) / n_steps,
+    }
+    wall, cpu = time.perf_counter(), time.process_time()
+    run_.valid_metrics(trainer.evaluated)
+    row |= {"valid_s": time.perf_counter() - wall, "valid_cpu_s": time.process_time() - cpu}
+    row["steps_per_epoch"] = math.ceil(len(trainer.train_users) / batch)
+    row["projected_epoch_cpu_s"] = row["steps_per_epoch"] * row["step_cpu_s"] + row["valid_cpu_s"]
+    return row
+
+
+def run_probe(s: Scenario, work: Path, steps: int, timeout: float) -> dict:
+    """``probe`` in a child process, so that its peak RSS and CPU are its own."""
+    prepare(s, work)
+    cmd = [sys.executable, "-m", "bench.scale", "--probe", s.name, "--steps", str(steps)]
+    cmd += ["--work", str(work)]
+    print(f"[{s.name}] probe: {' '.join(cmd)}", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        result = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+        )
+    except subprocess.TimeoutExpired:
+        return {"probe": "timeout"}
+    if result.returncode != 0:
+        return {"probe": f"failed: {result.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+PROBE_KEYS = {
+    "probe", "probe_load_s", "probe_load_cpu_s", "step_s", "step_cpu_s", "valid_s",
+    "valid_cpu_s", "steps_per_epoch", "projected_epoch_cpu_s",
+}  # fmt: skip
 LINE_TIME = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
 
 
@@ -260,6 +327,8 @@ COLUMNS = (
     ("epoch_s", "s / epoch", 1),
     ("epoch_cpu_s", "CPU s / epoch", 1),
     ("epochs", "epochs", 0),
+    ("step_cpu_s", "probe CPU s / step", 2),
+    ("projected_epoch_cpu_s", "probe CPU s / epoch", 0),
     ("towers_s", "towers s", 0),
     ("baselines_s", "baselines s", 0),
     ("wall_s", "total s", 0),
@@ -301,8 +370,10 @@ def growth(rows: dict[str, dict]) -> list[str]:
     out = []
     for series, x, what in ((SERIES, "interactions", "interactions"), (CATALOGS, "items", "items")):
         part = [rows[n] for n in series if n in rows]
-        for y, label in (("epoch_cpu_s", "CPU seconds per epoch"), ("load_s", "load time"),
-                         ("peak_rss_mb", "peak RSS")):  # fmt: skip
+        for y, label in (("epoch_cpu_s", "CPU seconds per epoch"),
+                         ("projected_epoch_cpu_s", "probe CPU seconds per epoch"),
+                         ("step_cpu_s", "probe CPU seconds per step"),
+                         ("load_s", "load time"), ("peak_rss_mb", "peak RSS")):  # fmt: skip
             if y == "load_s" and x == "items":
                 continue
             fit = exponent(part, x, y)
@@ -340,9 +411,13 @@ def section(rows: dict[str, dict]) -> str:
             f"items) and ~{PER_USER} interactions a user and grows the users (138,493 at 20M); "
             "the catalog series holds 1M interactions (6,897 users) and grows the catalog. "
             "`s / epoch` is one pass of the training loop including that epoch's validation "
-            "(progress bar elapsed time over epochs, all members), `CPU s / epoch` the same "
+            "(progress bar elapsed time over epochs, all members); `CPU s / epoch` is that "
             "times the child's CPU share while it trained (the machine is shared: compare "
-            "CPU, not wall); `epochs` counts every "
+            "CPU, not wall). `probe CPU s / step` and `probe CPU s / epoch` come from a "
+            "separate child that builds the same default run and times 5 steps after a "
+            "warm-up and one validation pass (epoch = steps per epoch x CPU per step + "
+            "validation), so every size gets a per-epoch cost even when its first real epoch "
+            "did not end before the timeout. `epochs` counts every "
             "member's epochs; `estimate MB` is the out-of-memory estimate the run printed before "
             "it started (training/memory.py). A partial row was stopped at the time shown: its "
             "numbers are what it reached by then (peak RSS so far; `–` = not reached). The "
@@ -367,7 +442,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/towerrec-scale"))
     parser.add_argument("--threads", type=int, help="torch threads (default: the trainer's)")
     parser.add_argument("--no-write", action="store_true", help="don't touch docs/BENCHMARKS.md")
+    parser.add_argument("--steps", type=int, default=5, help="training steps the probe times")
+    parser.add_argument("--no-probe", action="store_true", help="only the full default runs")
+    parser.add_argument("--no-run", action="store_true", help="only the probes")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: the probe's child
     args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(SCENARIOS[args.probe], args.work, args.steps)))
+        return
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(names) - set(SCENARIOS)
     if unknown:
@@ -386,7 +468,23 @@ def main() -> None:
             if timeout < 60:
                 print(f"[{name}] skipped: deadline {args.deadline} UTC", flush=True)
                 continue
-        rows[name] = run(SCENARIOS[name], args.work, timeout, args.threads, command)
+        # a row holds the latest probe and the latest full run of its scenario
+        old = rows.get(name, {})
+        if args.no_probe:
+            row = {k: v for k, v in old.items() if k in PROBE_KEYS}
+        else:
+            row = run_probe(SCENARIOS[name], args.work, args.steps, timeout)
+        if args.no_run:
+            row = {k: v for k, v in old.items() if k not in PROBE_KEYS} | row
+            row.setdefault("scenario", name)
+            row.setdefault("bench_command", command)
+            row.setdefault("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+            row.setdefault("status", "probe only")
+        else:
+            row |= run(SCENARIOS[name], args.work, timeout, args.threads, command)
+        # re-read: another invocation may have added rows meanwhile
+        rows = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        rows[name] = row
         results_path.write_text(json.dumps(rows, indent=1))
         print(table([rows[name]]), flush=True)
         if not args.no_write:
