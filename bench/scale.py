@@ -219,10 +219,14 @@ def probe(s: Scenario, work: Path, steps: int) -> dict:
     cfg = RunConfig(dataset=data_args[1], data_dir=data_args[3])
     torch.set_num_threads(cfg.threads)
     wall, cpu = time.perf_counter(), time.process_time()
-    run_ = Run(load(cfg, fallback=False), cfg)
+    ds = load(cfg, fallback=False)
+    run_ = Run(ds, cfg)
     row = {
         "probe_load_s": time.perf_counter() - wall,
         "probe_load_cpu_s": time.process_time() - cpu,
+        "users": ds.n_users,
+        "items": ds.n_items,
+        "interactions": int(len(ds.users)),
     }
     torch.manual_seed(cfg.train.seed)
     model = TwoTower(run_.tower_config(cfg.encoders[0]))
@@ -382,13 +386,19 @@ def growth(rows: dict[str, dict]) -> list[str]:
                 continue
             slope, lo, hi = fit
             verdict = (
-                "linear" if 0.8 <= slope <= 1.2
+                "constant" if abs(slope) < 0.2
                 else "sub-linear" if slope < 0.8
+                else "linear" if slope <= 1.2
                 else "super-linear"
             )  # fmt: skip
+            fixed = y in ("load_s", "peak_rss_mb") and slope < 0.8
             out.append(
                 f"- {label} against {what} ({lo} → {hi}): exponent {slope:.2f}, {verdict}"
-                + (" (includes fixed costs such as start-up)" if slope < 0.8 else "")
+                + (
+                    " (dominated by fixed costs: start-up, libraries, step buffers)"
+                    if fixed
+                    else ""
+                )
                 + "."
             )
     return out

@@ -41,7 +41,7 @@ def test_exponent_and_verdicts():
     assert exponent(list(rows.values()), "interactions", "epoch_cpu_s")[0] == pytest.approx(1.0)
     lines = growth(rows)
     assert any("CPU seconds per epoch" in line and "linear" in line for line in lines)
-    assert any("peak RSS" in line and "sub-linear" in line for line in lines)
+    assert any("peak RSS" in line and "constant" in line for line in lines)
     assert any("load time" in line and "not enough" in line for line in lines)
 
 
