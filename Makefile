@@ -62,6 +62,7 @@ bench: install redis-server
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.tower
 	$(BIN)/python -m bench.demo
+	$(BIN)/python -m bench.scale --timeout 3600
 
 lint: install
 	$(BIN)/ruff check service training index tests bench
