@@ -40,7 +40,9 @@ def test_item_knn_cosine_by_hand():
     scores = knn.score(np.array([0]), [np.array([0, 2])])[0]
     assert scores[1] == pytest.approx(knn.sim[0, 1] + knn.sim[2, 1])
     top1 = ItemKNN(neighbours=1).fit(tiny_split()).sim
-    assert ((top1 > 0).sum(axis=1) <= 1).all()
+    assert (np.diff(top1.indptr) <= 1).all() and top1.nnz > 0
+    # the kept neighbour is the most similar one: item 0's is item 1 (its only co-item)
+    assert top1[0].indices.tolist() == [1]
 
 
 def test_ease_closed_form():
@@ -67,7 +69,9 @@ def test_markov_transitions_smoothed_by_popularity():
 
 @pytest.fixture(scope="module")
 def synthetic_results() -> dict:
-    return run_baselines(leave_one_out(generate()), seed=0)
+    results, skipped = run_baselines(leave_one_out(generate()), seed=0)
+    assert skipped == {}
+    return results
 
 
 def test_baselines_beat_popularity_on_synthetic_data(synthetic_results: dict):
@@ -100,3 +104,32 @@ def test_reference_numbers_on_real_ml100k():
         hr, ndcg = REFERENCE[model.name]
         assert test["HR@10"] == pytest.approx(hr, abs=0.01), model.name
         assert test["NDCG@10"] == pytest.approx(ndcg, abs=0.01), model.name
+
+
+def test_item_knn_keeps_the_top_neighbours_of_the_dense_similarity():
+    split = leave_one_out(generate(n_users=300, n_items=200, seed=1))
+    x = np.zeros((split.n_users, split.n_items))
+    for u, items in enumerate(split.train):
+        x[u, items] = 1
+    co = x.T @ x
+    norm = np.sqrt(np.diag(co))
+    dense = co / np.maximum(np.outer(norm, norm), 1e-12)
+    np.fill_diagonal(dense, 0)
+    knn = ItemKNN(neighbours=10).fit(split)
+    sim = knn.sim.toarray()
+    for i in range(split.n_items):
+        kept = np.flatnonzero(sim[i])
+        assert len(kept) == min(10, np.count_nonzero(dense[i]))
+        assert np.allclose(sim[i, kept], dense[i, kept], atol=1e-6)
+        if len(kept):  # nothing left out scores above what was kept
+            assert np.delete(dense[i], kept).max() <= sim[i, kept].min() + 1e-6
+
+
+def test_a_dense_baseline_over_budget_is_skipped_and_named():
+    split = leave_one_out(generate(n_users=200, n_items=300))
+    need = EASE.memory_bytes(300)
+    results, skipped = run_baselines(split, budget=need - 1)
+    assert list(results) == ["popularity", "item-knn", "markov"]
+    assert list(skipped) == ["ease"] and "300 items" in skipped["ease"]
+    results, skipped = run_baselines(split, budget=need)
+    assert "ease" in results and skipped == {}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from training.data import load_dataset
 from training.data.base import DataFormatError
-from training.data.generic import load_generic
+from training.data.generic import load_generic, write_generic
+from training.data.synthetic import generate
+from training.split import leave_one_out
 
 CONFIG = """
 name = "shop"
@@ -150,3 +153,57 @@ def test_bad_config(tmp_path: Path):
     toml.write_text("[interactions\n")
     with pytest.raises(DataFormatError, match="invalid TOML"):
         load_generic(tmp_path)
+
+
+def test_write_generic_round_trips_the_synthetic_generator(tmp_path: Path):
+    ds = generate(n_users=60, n_items=40, seed=2)
+    back = load_generic(write_generic(ds, tmp_path))
+    assert sorted(back.user_ids) == sorted(ds.user_ids) and back.n_items == ds.n_items
+    users = np.asarray(back.user_ids)[back.users]
+    items = np.asarray(back.item_ids)[back.items]
+    assert users.tolist() == np.asarray(ds.user_ids)[ds.users].tolist()
+    assert items.tolist() == np.asarray(ds.item_ids)[ds.items].tolist()
+    assert back.timestamps.tolist() == ds.timestamps.tolist()
+    original = dict(zip(ds.user_ids, ds.user_features, strict=True))
+    for user, features in zip(back.user_ids, back.user_features, strict=True):
+        assert features["gender"] == original[user]["gender"]
+        assert features["age"] == original[user]["age"] and features["zip"] == original[user]["zip"]
+    titles = dict(zip(ds.item_ids, ds.titles, strict=True))
+    genres = {i: f["genres"] for i, f in zip(ds.item_ids, ds.item_features, strict=True)}
+    for item, title, features in zip(back.item_ids, back.titles, back.item_features, strict=True):
+        assert title == titles[item] and features["genres"] == genres[item]
+    assert [c.name for c in back.item_columns] == ["genres", "year"]
+
+
+def test_a_malformed_csv_row_names_the_line(tmp_path: Path):
+    write(tmp_path, "csv")
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp\n1,a,1\n1,b,2\n1,c,3,4\n")
+    with pytest.raises(DataFormatError, match="line 4") as e:
+        load_generic(tmp_path)
+    assert e.value.path == str(tmp_path / "interactions.csv") and e.value.line == 4
+
+
+def test_the_shared_amazon_layout_loads_and_splits():
+    """Position timestamps, no user or item features: the shape of the shared sets."""
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-beauty"
+    if not (root / "dataset.toml").is_file():
+        pytest.fail(f"the shared amazon-beauty data is expected at {root} (read-only)")
+    ds = load_dataset("generic", root)
+    assert (ds.n_users, ds.n_items, len(ds.users)) == (22_363, 12_101, 198_502)
+    assert ds.user_columns == ds.item_columns == [] and ds.user_features == []
+    assert ds.item_features == [] and ds.weights is None and set(ds.titles) == {""}
+    raw = pd.read_csv(root / "interactions.csv", dtype=str)
+    assert ds.users.tolist() == pd.factorize(raw.user_id)[0].tolist()
+    split = leave_one_out(ds)
+    assert len(split.eval_users("test")) == ds.n_users  # 5-core: every user has >= 5
+    counts = np.bincount(ds.users)
+    assert [len(t) for t in split.train] == (counts - 2).tolist()
+    # timestamps are positions 0..n-1 in each user's time order: last = test, before = valid
+    by_user = raw.assign(t=raw.timestamp.astype(int)).sort_values(["user_id", "t"])
+    last = by_user.groupby("user_id", sort=False).tail(2)
+    item_of = {k: i for i, k in enumerate(ds.item_ids)}
+    user_of = {k: i for i, k in enumerate(ds.user_ids)}
+    for user, group in list(last.groupby("user_id"))[:500]:
+        u = user_of[user]
+        assert split.valid[u] == item_of[group.item_id.iloc[0]]
+        assert split.test[u] == item_of[group.item_id.iloc[1]]

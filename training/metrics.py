@@ -21,6 +21,7 @@ from training.split import Split, Stage
 
 KS = (10, 20, 50)
 N_NEGATIVES = 99
+EVAL_ELEMENTS = 1 << 23  # scores held at once (users x catalog): ~32 MB a float32 copy
 Scorer = Callable[[np.ndarray, list[np.ndarray]], np.ndarray]  # (users, histories) -> [b, n_items]
 
 
@@ -101,7 +102,10 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Metrics of ``scorer`` on the ``stage`` targets: ``{"full": {...}}``, plus
     ``"sampled100"`` (HR@10, NDCG@10 against 99 seeded negatives) when ``sampled``.
-    ``Coverage@K`` is the fraction of the catalog in at least one user's top-K."""
+    ``Coverage@K`` is the fraction of the catalog in at least one user's top-K.
+    Users are scored ``batch_size`` at a time, fewer when that many rows of the catalog
+    would exceed ``EVAL_ELEMENTS`` scores, so memory stays bounded on any catalog."""
+    batch_size = max(1, min(batch_size, EVAL_ELEMENTS // max(split.n_items, 1)))
     users, targets = split.eval_users(stage), split.targets(stage)
     histories = split.history(stage)
     rng = np.random.default_rng(seed)

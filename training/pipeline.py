@@ -8,7 +8,6 @@ import logging
 import resource
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from training import bundle, defaults
+from training import bundle, defaults, memory
 from training.baselines import run_baselines
 from training.data import DownloadError, load_dataset
 from training.data.base import Dataset, FeatureColumn
@@ -171,9 +170,8 @@ def user_table(ds: Dataset, max_len: int) -> list[dict]:
 
 
 def popularity(ds: Dataset) -> list[str]:
-    counts = Counter(ds.items.tolist())
-    ranked = sorted(range(ds.n_items), key=lambda i: (-counts.get(i, 0), i))
-    return [ds.item_ids[i] for i in ranked]
+    counts = np.bincount(ds.items, minlength=ds.n_items)
+    return [ds.item_ids[i] for i in np.argsort(-counts, kind="stable")]
 
 
 def peak_memory_mb() -> float:
@@ -224,8 +222,9 @@ def run(
             bundle.resolve(out),
         )
         return bundle.resolve(out)
+    memory.check(memory.estimate(memory.Shape.of(ds, cfg)))
     r = Run(ds, cfg)
-    trained, histories, models = {}, {}, {}
+    trained, histories, models, skipped = {}, {}, {}, {}
     for encoder in cfg.encoders:
         ckpt = (
             checkpoint_dir / f"{cfg.digest(resumable=True)[:12]}-{encoder}.pt"
@@ -253,14 +252,21 @@ def run(
         for mode in ("features-only", "sequence-only"):
             models[mode] = r.report_entry(best, mode)
     if cfg.baselines:
-        models |= run_baselines(r.split, seed=cfg.train.seed)
+        baselines, skipped = run_baselines(r.split, seed=cfg.train.seed)
+        models |= baselines
     if not is_main_process():
         return None
-    return write(out, r, best, selected, models, histories)
+    return write(out, r, best, selected, models, histories, skipped)
 
 
 def write(
-    out: Path, r: Run, best: TwoTower, selected: str, models: dict, histories: dict[str, History]
+    out: Path,
+    r: Run,
+    best: TwoTower,
+    selected: str,
+    models: dict,
+    histories: dict[str, History],
+    skipped: dict[str, str],
 ) -> Path:
     ds, cfg = r.ds, r.cfg
     version = bundle.new_version()
@@ -275,6 +281,7 @@ def write(
         "derived": cfg.derived,
         "peak_memory_mb": peak_memory_mb(),
         "models": models,
+        "skipped_baselines": skipped,
     }
     summary = {
         k: models[selected][stage][k] for stage in ("valid", "test") for k in ("HR@10", "NDCG@10")

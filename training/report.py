@@ -33,6 +33,10 @@ def markdown(report: dict) -> str:
         row = [_fmt(m["valid"].get("NDCG@10", float("nan")))]
         row += [_fmt(m["test"].get(k, float("nan"))) for k in TABLE_KEYS]
         lines.append(f"| {name} | " + " | ".join(row) + f" | {m.get('train_seconds', 0):.1f} |")
+    skipped = report.get("skipped_baselines") or {}
+    if skipped:
+        lines += ["", "## Skipped baselines", ""]
+        lines += [f"- **{name}**: not run, {reason}." for name, reason in skipped.items()]
     lines += [
         "",
         "## Sampled protocol (NCF-style: test item + 99 random unseen items)",

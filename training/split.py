@@ -50,10 +50,15 @@ def leave_one_out(ds: Dataset) -> Split:
     order = np.lexsort((np.arange(len(ds.users)), ds.timestamps, ds.users))
     users, items = ds.users[order], ds.items[order].astype(np.int64)
     bounds = np.searchsorted(users, np.arange(ds.n_users + 1))
-    train, valid, test = [], np.full(ds.n_users, -1, np.int64), np.full(ds.n_users, -1, np.int64)
-    for u in range(ds.n_users):
-        seq = items[bounds[u] : bounds[u + 1]]
-        if len(seq) >= 3:
-            seq, valid[u], test[u] = seq[:-2], seq[-2], seq[-1]
-        train.append(seq)
+    lengths = np.diff(bounds)
+    evaluated = lengths >= 3
+    ends = bounds[1:]
+    valid = np.where(evaluated, items[np.maximum(ends - 2, 0)], -1)
+    test = np.where(evaluated, items[np.maximum(ends - 1, 0)], -1)
+    # per user, the training part ends two items early when the user is evaluated
+    keep = np.ones(len(items), bool)
+    last_two = np.concatenate([ends[evaluated] - 2, ends[evaluated] - 1])
+    keep[last_two] = False
+    train_bounds = np.cumsum(np.where(evaluated, lengths - 2, lengths))[:-1]
+    train = np.split(items[keep], train_bounds) if ds.n_users else []
     return Split(n_items=ds.n_items, train=train, valid=valid, test=test)

@@ -30,6 +30,7 @@ missing features. Errors name the file, the line (CSV, header = line 1) or the
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,20 @@ KINDS = ("categorical", "bucket", "multi")
 _FEATURE_KEYS = {"kind", "boundaries", "prefix", "separator"}
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Every cell as a string, read by Arrow's multi-threaded parser; a file it rejects
+    is read again by pandas' C parser, whose error names the line."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, engine="pyarrow")
+    except (pd.errors.ParserError, ValueError):
+        pass
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as e:
+        match = re.search(r"line (\d+)", str(e))
+        raise DataFormatError(path, int(match.group(1)) if match else None, str(e)) from None
+
+
 class _Table:
     def __init__(self, path: Path, required: tuple[str, ...]):
         if not path.is_file():
@@ -51,7 +66,7 @@ class _Table:
         if path.suffix == ".parquet":
             self.df = pd.read_parquet(path)
         elif path.suffix == ".csv":
-            self.df = pd.read_csv(path, dtype=str, keep_default_na=False)
+            self.df = _read_csv(path)
         else:
             raise DataFormatError(path, None, "expected a .csv or .parquet file")
         self.path = path
@@ -75,7 +90,8 @@ class _Table:
             row = int(np.argmax(bad))
             raise self.error(row, column, f"{message}: {self.df[column].iloc[row]!r}")
 
-    def ids(self, column: str) -> list[str]:
+    def ids(self, column: str) -> pd.Series:
+        """The column as strings, every cell checked to hold an id."""
         values = self.df[column]
         if pd.api.types.is_float_dtype(values):
             raise DataFormatError(
@@ -83,8 +99,9 @@ class _Table:
                 None,
                 f"column {column!r}: float ids are ambiguous; store ids as integers or strings",
             )
-        self.first_bad(values.isna() | (values.astype(str).str.strip() == ""), column, "missing id")
-        return values.astype(str).tolist()
+        text = values.astype(str)
+        self.first_bad(values.isna() | (text.str.strip() == ""), column, "missing id")
+        return text
 
 
 def _missing(value: Any) -> bool:
@@ -97,6 +114,13 @@ def _missing(value: Any) -> bool:
 
 def _timestamps(table: _Table) -> np.ndarray:
     column = table.df["timestamp"]
+    if pd.api.types.is_integer_dtype(column):
+        return column.to_numpy(np.int64)
+    if pd.api.types.is_string_dtype(column):
+        try:  # the common case, fast; anything else takes the checked path below
+            return column.astype(np.int64).to_numpy()
+        except (TypeError, ValueError, OverflowError):
+            pass
     if not pd.api.types.is_datetime64_any_dtype(column):
         numbers = pd.to_numeric(column, errors="coerce")
         if numbers.notna().any():
@@ -162,7 +186,7 @@ def _value(table: _Table, row: int, column: FeatureColumn, separator: str, value
 def _features(config_path: Path, section: str, config: dict, key: str):
     """(ids, per-row feature dicts, columns, titles) of an optional feature table."""
     if section not in config:
-        return [], [], [], []
+        return pd.Series([], dtype=object), [], [], []
     options = config[section]
     if "path" not in options:
         raise DataFormatError(config_path, None, f"[{section}] needs a path")
@@ -171,7 +195,7 @@ def _features(config_path: Path, section: str, config: dict, key: str):
     required = (key, *(c.name for c, _ in columns), *([title] if title else []))
     table = _Table(config_path.parent / options["path"], required)
     ids = table.ids(key)
-    duplicated = pd.Series(ids).duplicated().to_numpy()
+    duplicated = ids.duplicated().to_numpy()
     table.first_bad(duplicated, key, "duplicate id")
     cells = {c.name: table.df[c.name].tolist() for c, _ in columns}
     rows = [
@@ -182,22 +206,24 @@ def _features(config_path: Path, section: str, config: dict, key: str):
     return ids, rows, [c for c, _ in columns], titles
 
 
-def _index(seen: list[str], extra: list[str]) -> dict[str, int]:
-    index = {k: i for i, k in enumerate(dict.fromkeys(seen))}
-    for k in extra:
-        index.setdefault(k, len(index))
-    return index
+def _index(seen: pd.Series, extra: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """(internal id per ``seen`` row, every id in internal order): first appearance in
+    ``seen``, then the ``extra`` ids it does not hold."""
+    codes, uniques = pd.factorize(seen)
+    uniques = pd.Index(uniques, dtype=object)
+    extra = pd.Index(extra, dtype=object)
+    return codes.astype(np.int64), uniques.append(extra[~extra.isin(uniques)])
 
 
 def _attach(
-    index: dict[str, int], keys: list[str], rows: list[dict], columns: list[FeatureColumn]
+    index: pd.Index, keys: pd.Series, rows: list[dict], columns: list[FeatureColumn]
 ) -> list[dict]:
     """Per internal id feature dicts; ids without a table row get missing values."""
     if not columns:
         return []
-    out = [{c.name: [] if c.kind == "multi" else None for c in columns} for _ in index]
-    for key, row in zip(keys, rows, strict=True):
-        out[index[key]] = row
+    out = [{c.name: [] if c.kind == "multi" else None for c in columns} for _ in range(len(index))]
+    for position, row in zip(index.get_indexer(keys), rows, strict=True):
+        out[position] = row
     return out
 
 
@@ -222,23 +248,73 @@ def load_generic(source: str | Path) -> Dataset:
 
     user_keys, user_rows, user_columns, _ = _features(config_path, "users", config, "user_id")
     item_keys, item_rows, item_columns, titles = _features(config_path, "items", config, "item_id")
-    users, items = _index(log_users, user_keys), _index(log_items, item_keys)
+    users, user_index = _index(log_users, user_keys)
+    items, item_index = _index(log_items, item_keys)
 
-    title_list = [""] * len(items)
-    for key, title in zip(item_keys, titles, strict=False):
-        title_list[items[key]] = title
+    title_list = [""] * len(item_index)
+    for position, title in zip(item_index.get_indexer(item_keys), titles, strict=False):
+        title_list[position] = title
     return Dataset(
         name=str(config.get("name", config_path.parent.name)),
-        user_ids=list(users),
-        item_ids=list(items),
-        users=np.fromiter((users[k] for k in log_users), np.int64, len(log_users)),
-        items=np.fromiter((items[k] for k in log_items), np.int64, len(log_items)),
+        user_ids=user_index.tolist(),
+        item_ids=item_index.tolist(),
+        users=users,
+        items=items,
         timestamps=timestamps,
-        user_features=_attach(users, user_keys, user_rows, user_columns),
-        item_features=_attach(items, item_keys, item_rows, item_columns),
+        user_features=_attach(user_index, user_keys, user_rows, user_columns),
+        item_features=_attach(item_index, item_keys, item_rows, item_columns),
         user_columns=user_columns,
         item_columns=item_columns,
         titles=title_list,
         source=str(config_path),
         weights=weights,
     )
+
+
+def _toml_feature(column: FeatureColumn, separator: str) -> str:
+    options = [f'kind = "{column.kind}"']
+    if column.boundaries:
+        options.append(f"boundaries = {[float(b) for b in column.boundaries]}")
+    if column.prefix is not None:
+        options.append(f"prefix = {column.prefix}")
+    if column.kind == "multi":
+        options.append(f'separator = "{separator}"')
+    return f"features.{column.name} = {{ {', '.join(options)} }}"
+
+
+def write_generic(ds: Dataset, root: str | Path, separator: str = "|") -> Path:
+    """Write ``ds`` in this layout (CSV tables and ``dataset.toml``) so that
+    ``load_generic(root)`` reads the same interactions, ids, features and titles back;
+    used to hand the synthetic generator's logs to the trainer as a user's files."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    user_ids, item_ids = (
+        np.asarray(ds.user_ids, dtype=object),
+        np.asarray(ds.item_ids, dtype=object),
+    )
+    log = {"user_id": user_ids[ds.users], "item_id": item_ids[ds.items], "timestamp": ds.timestamps}
+    if ds.weights is not None:
+        log["weight"] = ds.weights
+    pd.DataFrame(log).to_csv(root / "interactions.csv", index=False)
+    config = [f'name = "{ds.name}"', "", "[interactions]", 'path = "interactions.csv"']
+
+    def table(section: str, key: str, ids, rows, columns, titles=()) -> None:
+        if not columns and not any(titles):
+            return
+        frame = {key: ids}
+        for c in columns:
+            values = [row.get(c.name) for row in rows]
+            if c.kind == "multi":
+                values = [separator.join(v or []) for v in values]
+            frame[c.name] = ["" if v is None else v for v in values]
+        config.extend(["", f"[{section}]", f'path = "{section}.csv"'])
+        if any(titles):
+            frame["title"] = list(titles)
+            config.append('title = "title"')
+        config.extend(_toml_feature(c, separator) for c in columns)
+        pd.DataFrame(frame).to_csv(root / f"{section}.csv", index=False)
+
+    table("users", "user_id", ds.user_ids, ds.user_features, ds.user_columns)
+    table("items", "item_id", ds.item_ids, ds.item_features, ds.item_columns, ds.titles)
+    (root / CONFIG).write_text("\n".join(config) + "\n", encoding="utf-8")
+    return root

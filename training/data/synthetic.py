@@ -131,18 +131,21 @@ def generate(
             t += int(rng.integers(60, 3 * 86400))
             times.append(t)
             current = nxt
-        users += [u] * len(history)
-        items += history
-        stamps += times
+        users.append(np.full(len(history), u, np.int64))  # arrays: 8 bytes an interaction
+        items.append(np.asarray(history, np.int64))
+        stamps.append(np.asarray(times, np.int64))
 
-    order = np.argsort(np.asarray(stamps), kind="stable")  # one interleaved, time-ordered log
+    users, items, stamps = (
+        np.concatenate(a + [np.zeros(0, np.int64)]) for a in (users, items, stamps)
+    )
+    order = np.argsort(stamps, kind="stable")  # one interleaved, time-ordered log
     return Dataset(
         name="synthetic",
         user_ids=[str(u + 1) for u in range(n_users)],
         item_ids=[str(i + 1) for i in range(n_items)],
-        users=np.asarray(users, np.int64)[order],
-        items=np.asarray(items, np.int64)[order],
-        timestamps=np.asarray(stamps, np.int64)[order],
+        users=users[order],
+        items=items[order],
+        timestamps=stamps[order],
         user_features=user_features,
         item_features=item_features,
         user_columns=list(USER_COLUMNS),
