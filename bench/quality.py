@@ -120,13 +120,14 @@ def table(runs: dict[str, dict]) -> str:
         entries += [(b, models[b]) for b in baselines(models)]
         for label, m in entries:
             tower = label == s["selected"]
+            seconds = m.get("train_seconds", m.get("fit_seconds"))
             cells = [
                 name,
                 f"**{label}**" if tower else label,
                 *(fmt(m[stage][k]) for stage in ("valid", "test") for k in ("HR@10", "NDCG@10")),
                 f"{m['test']['NDCG@10'] / best:.2f}",
                 ",".join(map(str, m["epochs"])) if tower else "",
-                fmt(m.get("train_seconds", m.get("fit_seconds", 0)) / 60, ".1f"),
+                fmt(seconds / 60 if seconds is not None else None, ".1f"),
                 fmt(s["wall_s"] / 60, ".1f") if tower else "",
                 fmt(s["cpu_s"] / 60, ".1f") if tower else "",
                 fmt(s["peak_mb"], ".0f") if tower else "",
@@ -174,7 +175,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     cmdline = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
     names, extra = args.datasets.split(","), shlex.split(args.train_args)
-    load = os.getloadavg()[0]
     started = datetime.now(UTC)
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {
@@ -187,7 +187,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     commands = "\n".join(f"  - `{summary(n, r)['command']}`" for n, r in runs.items())
     derived = "\n".join(
-        f"  - {n}: {json.dumps(r['report'].get('derived', {}))}" for n, r in runs.items()
+        f"  - {n}: {json.dumps(r['report'].get('derived', {}))}"
+        + "".join(
+            f"; baseline `{b}` skipped: {why}"
+            for b, why in r["report"].get("skipped_baselines", {}).items()
+        )
+        for n, r in runs.items()
     )
     write_section(
         "Quality",
@@ -197,15 +202,15 @@ def main(argv: list[str] | None = None) -> None:
                 "",
                 f"Command: `{cmdline.strip()}`  ",
                 f"Date: {started:%Y-%m-%d %H:%M} UTC  ",
-                f"Machine: {machine()}; load average {load:.1f} at start, "
-                f"{os.getloadavg()[0]:.1f} at end (a shared machine: wall times include "
-                "other jobs, CPU time does not)",
+                f"Machine: {machine()} (when writing; a shared machine: wall times "
+                "include other jobs' load, CPU time does not)",
                 "",
-                "Each dataset is trained by its default command:",
+                "Each dataset's training command (the defaults plus any `--train-args`):",
                 "",
                 commands,
                 "",
-                "Settings derived from each data set's shape (training/defaults.py):",
+                "Settings derived from each data set's shape (training/defaults.py), and "
+                "baselines the memory budget skipped (training/memory.py):",
                 "",
                 derived,
                 "",

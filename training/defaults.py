@@ -1,24 +1,24 @@
 """Settings derived from the data's shape, for every option the user left unset.
 
 One rule for every log, chosen on the validation splits of ML-100K, amazon-beauty and
-amazon-sports together (docs/BENCHMARKS.md "Quality" has the runs). What it reads and why:
+amazon-sports together (docs/BENCHMARKS.md "Quality" lists the runs). What it reads, why:
 
 - **loss**: the full softmax scores every item at every training position, so an epoch
-  costs positions x items; the sampled softmax (in-batch + ``uniform_negatives`` uniform
-  items, logQ-corrected) costs positions x (negatives + batch targets). Full is kept
-  while the catalog is at most ``FULL_SOFTMAX_MAX_ITEMS``, where the two cost about the
-  same and full is the better estimate; above it the sampled loss is several times
-  cheaper per epoch for the same validation quality (measured on amazon-beauty).
+  costs positions x items; the sampled softmax (in-batch targets + ``uniform_negatives``
+  uniform items, logQ-corrected) costs positions x (negatives + batch targets). Full is
+  kept up to ``FULL_SOFTMAX_MAX_ITEMS``, where both cost about the same; on
+  amazon-beauty's 12k items a full-softmax step took 5.4x the CPU time of a sampled one.
 - **epochs**: an epoch visits every training position once, so big logs need fewer
-  passes: the budget is ``POSITION_PASSES`` position visits (about what ML-100K used to
-  early-stop at), capped at ``MAX_EPOCHS``, at least ``MIN_EPOCHS``. ML-100K (98k training
-  positions) gets 100 epochs, a 20M-interaction log 2: the number of gradient steps a
-  model of this size needs grows far slower than the log.
-- **patience**: a tenth of the epoch budget (at least 3): what "no longer improving"
-  means scales with the number of passes.
+  passes: the budget is ``POSITION_PASSES`` position visits (a little over half of what
+  ML-100K's towers used before early stopping), capped at ``MAX_EPOCHS``, at least
+  ``MIN_EPOCHS``: ML-100K (98k training positions) 51 epochs, amazon-beauty 33,
+  amazon-sports 22, a 20M-interaction log 2. The training cost is then about the same
+  for every log below 2.5M interactions and linear in interactions above.
+- **patience**: a tenth of the epoch budget (at least 3): "no longer improving" is
+  measured in the same passes.
 - **members**: a second ensemble member costs as much as the first for about +0.005
-  NDCG@10 (ML-100K); it is trained only when one member's epoch budget is cheap, i.e.
-  at most ``ENSEMBLE_MAX_WORK`` scored (position, candidate) pairs in all.
+  NDCG@10 (ML-100K); it is trained only when one member's budget is cheap, at most
+  ``ENSEMBLE_MAX_WORK`` scored (position, candidate) pairs.
 """
 
 from __future__ import annotations
