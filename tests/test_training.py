@@ -140,6 +140,8 @@ def test_ml100k_smoke_run_beats_popularity(tmp_path, ml100k):
         "12",
         "--patience",
         "12",
+        "--members",
+        "1",
         "--no-baselines",
         "--no-progress",
     )
@@ -356,9 +358,67 @@ def test_label_smoothing_and_features_loss_through_the_cli(tmp_path):
     train_cfg = bundle.read_manifest(bundle.resolve(tmp_path))["config"]["train"]
     assert (train_cfg["label_smoothing"], train_cfg["features_loss"]) == (0.1, 1.0)
     assert train_cfg["mask_seen"] is False
+    # what the command line left unset was derived from the data, and says so
+    config = bundle.read_manifest(bundle.resolve(tmp_path))["config"]
+    assert config["derived"] == {"loss": "full"}
+    assert train_cfg["loss"] == "full" and train_cfg["epochs"] == 40
     models = bundle.load_json(tmp_path, bundle.REPORT_JSON)["models"]
     pop = models["popularity"]["test"]["NDCG@10"]
     assert models["gru"]["test"]["NDCG@10"] > 2 * pop
     assert models["features-only"]["test"]["NDCG@10"] > 1.2 * pop
     bad = train_cli(tmp_path / "bad", "--dataset", "synthetic", "--label-smoothing", "0.9")
     assert bad.returncode != 0 and "--label-smoothing" in bad.stderr
+
+
+def test_an_epoch_visits_every_training_position_once_in_windows_of_similar_length():
+    from training.train import Batcher
+
+    sequences = [np.arange(100, 112), np.arange(200, 203), np.arange(0), np.arange(300, 305)]
+    batcher = Batcher(sequences, max_len=4, seed=0)  # windows of 5 targets
+    users = np.array([0, 1, 3])
+    seen, widths = [], []
+    for batch in batcher.epoch(users, batch_size=2):
+        targets, earlier = batch["targets"].numpy(), batch["earlier"].numpy()
+        widths.append(targets.shape[1])
+        for row, u in enumerate(batch["users"].tolist()):
+            window = targets[row][targets[row] >= 0]
+            seq = sequences[u].tolist()
+            start = seq.index(window[0])
+            assert window.tolist() == seq[start : start + len(window)]
+            assert earlier[1][earlier[0] == row].tolist() == seq[:start]  # everything before
+            seen += window.tolist()
+    assert sorted(seen) == sorted(np.concatenate([sequences[u] for u in users]).tolist())
+    # user 0: [107..111] (the latest window, what serving feeds), [102..106], [100, 101]
+    starts = sorted(s for u, s, _ in zip(*batcher.windows(users), strict=True) if u == 0)
+    assert starts == [0, 2, 7]
+    assert sorted(widths) == [3, 5, 5]  # lengths 2, 3 | 5, 5 | 5: batched by length
+
+
+def test_the_loss_over_real_positions_is_the_padded_batchs_loss_computed_the_old_way():
+    """The objective scores only real (non-padding) positions; computing the logits at
+    every position of the padded batch and ignoring the padding gives the same loss."""
+    from training.data import load_dataset
+    from training.model import TwoTower
+    from training.pipeline import Run, RunConfig
+    from training.train import NextItemObjective, TrainConfig
+
+    run = Run(load_dataset("synthetic"), RunConfig(dim=16, max_len=8))
+    torch.manual_seed(0)
+    model = TwoTower(run.tower_config("sasrec")).eval()
+    cfg = TrainConfig(branch_dropout=0.0, item_id_dropout=0.0, mask_seen=False, loss="full")
+    objective = NextItemObjective(model, run.item_feats, run.user_feats, None, cfg, seed=0)
+    users = torch.tensor([0, 1, 2])
+    targets = torch.tensor([[3, 5, 7, -1, -1], [2, 9, 4, 6, 1], [8, -1, -1, -1, -1]])
+    with torch.no_grad():
+        got = objective.eval()(users, targets)
+        items = model.item_tower(torch.arange(1, model.cfg.n_items + 1), run.item_feats)
+        inputs = targets[:, :-1]
+        seq = items[inputs.clamp(min=0)] * (inputs >= 0).unsqueeze(-1)
+        states = model.user_tower.encode_sequence(seq)  # [B, W, d]: padding included
+        feats = {k: v[users] for k, v in run.user_feats.items()}
+        states = states + model.user_tower.encode_features(feats)[:, None, :]
+        logits = states @ items.T  # [B, W, n_items]
+        expected = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, model.cfg.n_items), targets.reshape(-1), ignore_index=-1
+        )
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)

@@ -50,14 +50,31 @@ def train(
         Opt(
             min=1,
             help="Train this many towers (seeds seed, seed+1, ...) and serve their "
-            "ensemble: vectors concatenated, scores summed.",
+            "ensemble: vectors concatenated, scores summed. Default: 2 when one tower is "
+            "cheap to train, else 1 (derived from the data).",
         ),
     ] = None,
-    epochs: Annotated[int, Opt(help="Maximum epochs (early stopping decides).")] = None,
+    epochs: Annotated[
+        int,
+        Opt(
+            min=1,
+            help="Maximum epochs (early stopping decides); an epoch visits every training "
+            "position. Default: derived from the log's size (fewer for big logs).",
+        ),
+    ] = None,
     batch_size: Annotated[int, Opt(help="Users per step.")] = None,
     lr: Annotated[float, Opt(help="AdamW learning rate.")] = None,
-    loss: Annotated[str, Opt(help="full | sampled | auto (full softmax up to 20k items).")] = None,
-    patience: Annotated[int, Opt(help="Epochs without validation gain before stopping.")] = None,
+    loss: Annotated[
+        str, Opt(help="full | sampled | auto (full softmax up to 5,000 items, then sampled).")
+    ] = None,
+    patience: Annotated[
+        int,
+        Opt(
+            min=1,
+            help="Epochs without validation gain before stopping. Default: a tenth of the "
+            "epoch budget.",
+        ),
+    ] = None,
     label_smoothing: Annotated[
         float, Opt(min=0.0, max=0.5, help="Label smoothing of the softmax loss.")
     ] = None,

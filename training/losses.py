@@ -1,7 +1,7 @@
 """Retrieval losses over inner-product scores.
 
-``full``: softmax cross-entropy over the whole catalog (cheap for catalogs up to ~20k
-items, and what makes SASRec-style models strong on MovieLens).
+``full``: softmax cross-entropy over the whole catalog (what makes SASRec-style models
+strong on MovieLens; its cost grows with positions x catalog size).
 ``sampled``: softmax over the batch's own target items (in-batch negatives, drawn in
 proportion to popularity) plus uniform random negatives, with the logQ correction
 (subtract log of each candidate's sampling probability) so the estimate stays unbiased
@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-FULL_SOFTMAX_MAX_ITEMS = 20_000
+# Above this the sampled softmax is the default (training/defaults.py says why).
+FULL_SOFTMAX_MAX_ITEMS = 5_000
 
 
 def choose(loss: str, n_items: int) -> str:

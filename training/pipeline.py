@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from training import bundle, memory
+from training import bundle, defaults, memory
 from training.baselines import run_baselines
 from training.data import DownloadError, load_dataset
 from training.data.base import Dataset, FeatureColumn
@@ -26,7 +26,7 @@ from training.model import TowerConfig, TwoTower, feature_tensors
 from training.report import markdown, plot_curves
 from training.scoring import TowerScorer
 from training.split import Split, leave_one_out
-from training.train import History, TrainConfig, Trainer, is_main_process
+from training.train import History, TrainConfig, Trainer, early_stopping_split, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,12 @@ class RunConfig:
     n_heads: int = 2
     dropout: float = 0.3
     user_id_embedding: bool = False
-    members: int = 2  # towers trained with seeds seed, seed+1, ... and served as one ensemble
+    # towers trained with seeds seed, seed+1, ... and served as one ensemble; None: derived
+    members: int | None = None
     baselines: bool = True
     threads: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
+    derived: dict = field(default_factory=dict)  # the settings training/defaults.py chose
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,8 +87,9 @@ class Run:
     """Everything one run needs: the data, its split, and encoded features."""
 
     def __init__(self, ds: Dataset, cfg: RunConfig):
-        self.ds, self.cfg = ds, cfg
+        self.ds, self.cfg = ds, defaults.resolve(cfg, defaults.DataShape.of(ds))
         self.split: Split = leave_one_out(ds)
+        self.early_stopping = early_stopping_split(self.split)
         self.user_specs = fit_specs(ds.user_columns, ds.user_features)
         self.item_specs = fit_specs(ds.item_columns, ds.item_features)
         self.item_feats = feature_tensors(self.item_specs, ds.item_features)
@@ -112,7 +115,7 @@ class Run:
         return TowerScorer(model, self.item_feats, self.user_feats, mode)
 
     def valid_metrics(self, model: TwoTower) -> dict[str, float]:
-        metrics = evaluate(self.scorer(model), self.split, "valid", ks=(10,))["full"]
+        metrics = evaluate(self.scorer(model), self.early_stopping, "valid", ks=(10,))["full"]
         model.train()
         return metrics
 
@@ -212,6 +215,7 @@ def run(
         len(ds.users),
         ds.source or cfg.data_dir,
     )
+    cfg = defaults.resolve(cfg, defaults.DataShape.of(ds))
     if if_changed and up_to_date(out, ds, cfg):
         log.info(
             "bundle %s is up to date with this data and configuration; not retraining",
@@ -274,6 +278,7 @@ def write(
         "n_items": ds.n_items,
         "n_interactions": int(len(ds.users)),
         "selected": selected,
+        "derived": cfg.derived,
         "peak_memory_mb": peak_memory_mb(),
         "models": models,
         "skipped_baselines": skipped,

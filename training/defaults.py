@@ -1,0 +1,98 @@
+"""Settings derived from the data's shape, for every option the user left unset.
+
+One rule for every log, chosen on the validation splits of ML-100K, amazon-beauty and
+amazon-sports together (docs/BENCHMARKS.md "Quality" lists the runs). What it reads, why:
+
+- **loss**: the full softmax scores every item at every training position, so an epoch
+  costs positions x items; the sampled softmax (in-batch targets + ``uniform_negatives``
+  uniform items, logQ-corrected) costs positions x (negatives + batch targets). Full is
+  kept up to ``FULL_SOFTMAX_MAX_ITEMS``, where both cost about the same; on
+  amazon-beauty's 12k items a full-softmax step took 5.4x the CPU time of a sampled one.
+- **epochs**: an epoch visits every training position once, so big logs need fewer
+  passes: the budget is ``POSITION_PASSES`` position visits (a little over half of what
+  ML-100K's towers used before early stopping), capped at ``MAX_EPOCHS``, at least
+  ``MIN_EPOCHS``: ML-100K (98k training positions) 51 epochs, amazon-beauty 33,
+  amazon-sports 22, a 20M-interaction log 2. The training cost is then about the same
+  for every log below 2.5M interactions and linear in interactions above.
+- **patience**: a tenth of the epoch budget (at least 3): "no longer improving" is
+  measured in the same passes.
+- **members**: a second ensemble member costs as much as the first for about +0.005
+  NDCG@10 (ML-100K); it is trained only when one member's budget is cheap, at most
+  ``ENSEMBLE_MAX_WORK`` scored (position, candidate) pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from training.data.base import Dataset
+from training.losses import FULL_SOFTMAX_MAX_ITEMS
+
+if TYPE_CHECKING:
+    from training.pipeline import RunConfig
+
+log = logging.getLogger(__name__)
+
+POSITION_PASSES = 5_000_000
+MIN_EPOCHS, MAX_EPOCHS = 2, 200
+ENSEMBLE_MAX_WORK = 10e9
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the rule reads: sizes, and the training positions (next-item targets)."""
+
+    n_users: int
+    n_items: int
+    n_interactions: int
+    positions: int  # interactions minus each evaluated user's validation and test item
+    median_history: float  # median training items per user with any
+
+    @classmethod
+    def of(cls, ds: Dataset) -> DataShape:
+        per_user = np.bincount(ds.users, minlength=ds.n_users)
+        train = per_user - 2 * (per_user >= 3)  # leave-one-out keeps 2 for valid / test
+        return cls(
+            n_users=int(ds.n_users),
+            n_items=int(ds.n_items),
+            n_interactions=int(len(ds.users)),
+            positions=int(train.sum()),
+            median_history=float(np.median(train[train > 0])) if (train > 0).any() else 0.0,
+        )
+
+
+def derive(shape: DataShape, uniform_negatives: int = 2048) -> dict[str, object]:
+    """The derived value of every data-dependent setting (see the module docstring)."""
+    loss = "full" if shape.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
+    epochs = max(MIN_EPOCHS, min(MAX_EPOCHS, round(POSITION_PASSES / max(shape.positions, 1))))
+    # sampled: the uniform negatives plus about half as many in-batch targets (amazon-beauty)
+    candidates = shape.n_items if loss == "full" else 1.5 * uniform_negatives
+    work = epochs * shape.positions * candidates
+    return {
+        "loss": loss,
+        "epochs": epochs,
+        "patience": max(3, math.ceil(epochs / 10)),
+        "members": 2 if work <= ENSEMBLE_MAX_WORK else 1,
+    }
+
+
+RUN_FIELDS, TRAIN_FIELDS = ("members",), ("loss", "epochs", "patience")
+
+
+def resolve(cfg: RunConfig, shape: DataShape) -> RunConfig:
+    """``cfg`` with every unset (None, or ``loss="auto"``) data-dependent setting derived
+    from ``shape``; ``cfg.derived`` names what was derived, and the bundle records both."""
+    derived = derive(shape, cfg.train.uniform_negatives)
+    unset = {k for k in RUN_FIELDS if getattr(cfg, k) is None}
+    unset |= {k for k in TRAIN_FIELDS if getattr(cfg.train, k) in (None, "auto")}
+    chosen = {k: v for k, v in derived.items() if k in unset}
+    train = replace(cfg.train, **{k: v for k, v in chosen.items() if k in TRAIN_FIELDS})
+    run_values = {k: v for k, v in chosen.items() if k in RUN_FIELDS}
+    if chosen:
+        log.info("settings derived from the data (%s): %s", shape, chosen)
+    return replace(cfg, **run_values, train=train, derived=cfg.derived | chosen)
