@@ -16,8 +16,14 @@ DEMO = ROOT / "training" / "configs" / "demo.toml"
 
 
 def make_dry_run(*args: str) -> str:
+    """``make -n demo`` as on a fresh clone: ``-W pyproject.toml`` makes the install step
+    due even where a venv is already installed (as it is when ``make test`` runs this)."""
     result = subprocess.run(
-        ["make", "-n", "demo", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ["make", "-n", "-W", "pyproject.toml", "demo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -232,7 +232,11 @@ def test_api_runs_as_the_image_user_on_a_read_only_root():
 
 READ_ONLY_ROOT = """
 mount --bind "$BUNDLE" "$MNT" && mount -o remount,bind,ro "$MNT"  # the bundle volume
+mount --bind /tmp "$HOLD"                    # the host's /tmp, where the code may live (CI)
 mount -t tmpfs -o size=256m tmpfs /tmp                             # the /tmp emptyDir
+for p in $KEEP; do  # the checkout and venv, when under /tmp: back in place, read-only
+  mkdir -p "$p" && mount --bind "$HOLD${p#/tmp}" "$p" && mount -o remount,bind,ro "$p"
+done
 mount --bind / / && mount -o remount,bind,ro /                     # readOnlyRootFilesystem
 touch /probe 2>/dev/null && { echo "root is writable" >&2; exit 3; }
 exec "$@"
@@ -258,6 +262,9 @@ def test_api_container_serves_from_a_read_only_root(bundle_root):
     env |= {"ARTIFACTS_DIR": str(mnt / "current"), "API_KEY": "k8s-test-key"}
     env |= {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "BUNDLE": str(bundle_root)}
     env |= {"MNT": str(mnt), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    code = {ROOT.resolve(), Path(sys.prefix).resolve()}  # the image's code, read-only
+    env |= {"HOLD": tempfile.mkdtemp(prefix="towerrec-host-tmp-", dir="/dev/shm")}
+    env |= {"KEEP": " ".join(sorted(str(p) for p in code if p.is_relative_to("/tmp")))}
     proc = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh"]
         + cmd,
@@ -287,6 +294,7 @@ def test_api_container_serves_from_a_read_only_root(bundle_root):
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
         mnt.rmdir()
+        os.rmdir(env["HOLD"])
 
 
 # -- service, autoscaler, disruption budget ------------------------------------------
