@@ -230,13 +230,14 @@ def probe(s: Scenario, work: Path, steps: int) -> dict:
     }
     torch.manual_seed(cfg.train.seed)
     model = TwoTower(run_.tower_config(cfg.encoders[0]))
-    trainer = Trainer(model, run_.split, run_.item_feats, run_.user_feats, cfg.train)
-    batch = cfg.train.batch_size
+    train_cfg = run_.cfg.train  # the derived settings (training.defaults), as the trainer runs
+    trainer = Trainer(model, run_.split, run_.item_feats, run_.user_feats, train_cfg)
+    batch = train_cfg.batch_size
     trainer.train_epoch(trainer.train_users[:batch])  # warm-up
     users = trainer.train_users[: steps * batch]
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train_epoch(users)
-    n_steps = math.ceil(len(users) / batch)
+    n_steps = _steps(trainer, users, batch)
     row |= {
         "step_s": (time.perf_counter() - wall) / n_steps,
         "step_cpu_s": (time.process_time() - cpu) / n_steps,
@@ -244,9 +245,15 @@ def probe(s: Scenario, work: Path, steps: int) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     run_.valid_metrics(trainer.evaluated)
     row |= {"valid_s": time.perf_counter() - wall, "valid_cpu_s": time.process_time() - cpu}
-    row["steps_per_epoch"] = math.ceil(len(trainer.train_users) / batch)
+    row["steps_per_epoch"] = _steps(trainer, trainer.train_users, batch)
     row["projected_epoch_cpu_s"] = row["steps_per_epoch"] * row["step_cpu_s"] + row["valid_cpu_s"]
     return row
+
+
+def _steps(trainer, users, batch: int) -> int:
+    """Training steps of one epoch over ``users``: an epoch covers every window of every
+    history (training.train), so long histories make several rows each."""
+    return math.ceil(len(trainer.batcher.windows(users)[0]) / batch)
 
 
 def run_probe(s: Scenario, work: Path, steps: int, timeout: float) -> dict:
@@ -489,7 +496,7 @@ def main() -> None:
             row.setdefault("scenario", name)
             row.setdefault("bench_command", command)
             row.setdefault("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
-            row.setdefault("status", "probe only")
+            row.setdefault("status", row.get("probe") or "probe only")
         else:
             row |= run(SCENARIOS[name], args.work, timeout, args.threads, command)
         # re-read: another invocation may have added rows meanwhile

@@ -51,3 +51,14 @@ def test_a_partial_row_says_where_it_stopped():
     assert "partial: stopped at 25 min" in text and "| 80 |" in text
     doc = section({"20m": row | {"date": "2026-12-02 07:00 UTC", "bench_command": "b"}})
     assert doc.startswith("## Scale") and "`b`" in doc and set(SCENARIOS) >= {"20m"}
+
+
+def test_the_probe_builds_the_default_run_and_times_it(tmp_path):
+    """The probe drives trainer internals directly: this catches it drifting from them."""
+    from bench.scale import Scenario, probe
+
+    tiny = Scenario("tiny", "synthetic", users=40, items=60, interactions=1_200)
+    row = probe(tiny, tmp_path, steps=1)
+    assert (row["users"], row["items"]) == (40, 60)
+    assert row["steps_per_epoch"] >= 1 and row["step_cpu_s"] > 0
+    assert row["projected_epoch_cpu_s"] >= row["steps_per_epoch"] * row["step_cpu_s"]
