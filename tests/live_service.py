@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,27 +54,31 @@ def live_service(env: dict[str, str], workers: int = 1, timeout: float = 120) ->
         )
     live = Live(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        _wait_ready(live, timeout)
+        wait_ready(live.url, proc, timeout, live.log)
         yield live
     finally:
-        _stop(proc)
+        stop(proc)
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
-def _wait_ready(live: Live, timeout: float) -> None:
+def wait_ready(
+    url: str, proc: subprocess.Popen, timeout: float = 60, log: Callable[[], str] | None = None
+) -> None:
+    """Poll /readyz until 200; fail with the server's log tail if it exits or times out."""
+    tail = (lambda: log()[-4000:]) if log else (lambda: "")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert live.proc.poll() is None, f"server exited:\n{live.log()[-4000:]}"
+        assert proc.poll() is None, f"server exited:\n{tail()}"
         try:
-            if httpx.get(f"{live.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"server not ready in {timeout} s:\n{live.log()[-4000:]}")
+    raise AssertionError(f"server not ready in {timeout} s:\n{tail()}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> None:
     """SIGTERM the server's process group; SIGKILL it if it has not exited in 20 s."""
     if proc.poll() is not None:
         return

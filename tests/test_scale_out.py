@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import redis_server as redis_helper
 import yaml
-from test_service_cli import stop, wait_ready
+from live_service import stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]

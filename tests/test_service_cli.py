@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 import pytest
 import redis_server as redis_helper
 import test_service_support as support
+from live_service import stop, wait_ready
 from test_service_support import ROOT, catalog, serve, settings
 
 anyio_backend, served_root = support.anyio_backend, support.served_root  # fixtures
@@ -106,29 +106,6 @@ async def test_examples_print_runnable_requests_with_real_ids(served_root):
             if body and "item_id" in body:
                 assert body["item_id"] in item_ids
     assert "/similar-items" in seen_paths
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become ready")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group; SIGKILL it if it has not exited in 20 s."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def listening_sockets(port: int) -> int:
