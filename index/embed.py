@@ -19,21 +19,27 @@ log = logging.getLogger("index")
 
 def item_vectors(bundle: str | Path, features: list[dict[str, Any]]) -> np.ndarray:
     """Raw item-tower vectors float32 [len(features), d] for the bundle's model."""
-    import torch
-
     from training.bundle import load_towers
-    from training.model import feature_tensors
 
     for row in features:
         if not isinstance(row, dict):
             raise ValueError(f"item features must be a JSON object, got {row!r}")
     model = load_towers(bundle)
-    specs = model.cfg.specs("item")
+    return tower_vectors(model.item_tower, model.cfg.specs("item"), features)
+
+
+def tower_vectors(item_tower, specs: list, features: list[dict[str, Any]]) -> np.ndarray:
+    """``item_vectors`` with a loaded item tower and its feature specs (the service keeps
+    the tower between writes instead of reading the weights for each one)."""
+    import torch
+
+    from training.model import feature_tensors
+
     _report_unknown(specs, features)
     with torch.inference_mode():
         encoded = feature_tensors(specs, features)
         unknown_ids = torch.zeros(len(features), dtype=torch.long)
-        vectors = model.item_tower(unknown_ids, encoded).float().numpy()
+        vectors = item_tower(unknown_ids, encoded).float().numpy()
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

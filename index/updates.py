@@ -105,6 +105,84 @@ def remove_items(bundle: str | Path, item_ids: list[str]) -> dict[str, Any]:
     return section
 
 
+def apply_changes(
+    bundle: str | Path,
+    upserts: list[dict[str, Any]],
+    deletes: list[str],
+    vectors: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Upsert and remove items in ONE new version (what the service's item API writes).
+
+    ``upserts`` are full items ``[{id, title, genres?, features}]``: an id that is not
+    active is added, an active id is replaced (remove + add, as ``replace_items``).
+    ``vectors[j]`` is the item-tower vector of ``upserts[j]`` computed by the caller
+    (outside the lock); a replaced item whose ``features`` did not change keeps its
+    current vector instead (a title or genre edit must not throw away the vector training
+    learned for it). ``deletes`` must all be active (``UnknownItemError`` listing the
+    unknown ones, nothing written). Decided under the writer lock, so two writers of the
+    same id never both "add" it. Returns the new section plus ``added`` / ``replaced`` /
+    ``removed`` id lists.
+    """
+    records = [_record(it) for it in upserts]
+    ids, deletes = _ids(records), [str(x) for x in deletes]
+    if not ids and not deletes:
+        raise ValueError("nothing to do: no item to upsert or delete")
+    if len(set(ids)) != len(ids) or len(set(deletes)) != len(deletes):
+        raise ValueError("the same item is listed twice")
+    both = sorted(set(ids) & set(deletes))
+    if both:
+        raise ValueError(f"item(s) both upserted and deleted: {', '.join(both[:10])}")
+    if records and vectors is None:
+        raise ValueError("apply_changes needs a vector per upserted item")
+    with store.writer_lock(bundle) as root:
+        snap = store.load_version(root, mmap=False)
+        active = _active_ids(snap)
+        missing = [x for x in deletes if x not in active]
+        if missing:
+            raise UnknownItemError(
+                missing,
+                f"item(s) not in the index (v{snap.section['version']:04d}): "
+                + ", ".join(repr(x) for x in missing[:10]),
+            )
+        old = [active.get(r["id"]) for r in records]
+        new_ids: list[int] = []
+        if records:
+            fresh = np.array(
+                np.asarray(vectors, np.float32).reshape(len(records), -1), dtype=np.float32
+            )
+            if fresh.shape[1] != snap.dim:
+                raise ValueError(f"vectors have d={fresh.shape[1]}, the index has d={snap.dim}")
+            for j, i in enumerate(old):
+                if i is not None and snap.items[i].get("features") == records[j]["features"]:
+                    fresh[j] = np.asarray(snap.vectors[i], dtype=np.float32)
+        _deactivate(snap, [i for i in old if i is not None] + [active[x] for x in deletes])
+        if records:
+            new_ids = _append(snap, records, fresh)
+            for before, after in zip(old, new_ids, strict=True):
+                if before is not None:
+                    snap.items[before]["replaced_by"] = after
+        added = [r["id"] for r, i in zip(records, old, strict=True) if i is None]
+        replaced = [r["id"] for r, i in zip(records, old, strict=True) if i is not None]
+        op = {
+            "op": "upsert",
+            "items": ids + deletes,
+            "added": added,
+            "replaced": replaced,
+            "removed": deletes,
+            "internal_ids": new_ids,
+        }
+        section = store.write_version(root, snap, op)
+    log.info(
+        "item changes: %d added, %d replaced, %d removed → index v%04d (%d active)",
+        len(added),
+        len(replaced),
+        len(deletes),
+        section["version"],
+        section["active"],
+    )
+    return {**section, "added": added, "replaced": replaced, "removed": deletes}
+
+
 def compact(
     bundle: str | Path, progress: bool = False, spec: factory.IndexSpec | None = None
 ) -> dict[str, Any]:

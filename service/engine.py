@@ -10,7 +10,9 @@ training (no data loading, losses or training loop).
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -67,6 +69,27 @@ def bundle_stamp(path: str | Path) -> tuple[str, int, int]:
     return str(real), st.st_mtime_ns, st.st_size
 
 
+class ItemEncoder:
+    """The item tower on features alone (id 0, as ``python -m index add``), for the item
+    API. Its weights are read from the bundle on the first write and kept; a worker that
+    never takes a write never holds them (the id table is catalog-sized). One object per
+    bundle, shared by the engines ``Engine.with_index`` derives."""
+
+    def __init__(self, path: Path, specs: list[FeatureSpec]):
+        self.path, self.specs = path, specs
+        self.by_name = {s.name: s for s in specs}  # empty: an id-only model
+        self._tower = None
+        self._lock = threading.Lock()
+
+    def __call__(self, features: list[dict[str, Any]]) -> np.ndarray:
+        from index.embed import tower_vectors
+
+        with self._lock:  # torch modules are not shared between concurrent forwards here
+            if self._tower is None:
+                self._tower = bundle.load_towers(self.path).item_tower.eval()
+            return tower_vectors(self._tower, self.specs, features)
+
+
 class Engine:
     def __init__(
         self, path: str | Path, *, faiss_threads: int = 1, mmap: bool = True, traced: bool = True
@@ -81,10 +104,6 @@ class Engine:
         self.cfg = TowerConfig.from_dict(self.manifest["model"])
         self.tower = bundle.load_towers(self.path).user_tower.eval()
         self.index = ItemIndex.load(self.path, mmap=mmap, threads=faiss_threads)
-        if self.index.dim != self.cfg.vector_dim:
-            raise BundleError(
-                f"{self.path}: index dim {self.index.dim} != model dim {self.cfg.vector_dim}"
-            )
         self.specs: list[FeatureSpec] = self.cfg.specs("user")
         self.spec_by_name = {s.name: s for s in self.specs}
         self.has_sequence = self.tower.encoder is not None
@@ -97,19 +116,32 @@ class Engine:
             if traced
             else self.tower
         )
+        # parsed once per bundle: an index swap (``with_index``) maps them again
+        self._user_rows = bundle.load_json(self.path, bundle.USERS)
+        self._popularity: list[str] = bundle.load_json(self.path, bundle.POPULARITY)
+        self.item_encoder = ItemEncoder(self.path, self.cfg.specs("item"))
+        self._catalog()
+        self.load_seconds = time.perf_counter() - started
+        self.loaded_at = time.time()
+
+    def _catalog(self) -> None:
+        """Everything derived from the index version: ids, users' histories and popularity
+        mapped to internal ids, metadata, rendered fragments, genre masks."""
+        if self.index.dim != self.cfg.vector_dim:
+            raise BundleError(
+                f"{self.path}: index dim {self.index.dim} != model dim {self.cfg.vector_dim}"
+            )
         self.item_ids: list[str] = list(self.index.item_ids)
         self.n_items = len(self.item_ids)
         self._internal = {ext: i for i, ext in enumerate(self.item_ids) if self.index.is_active(i)}
         self.active_count = len(self._internal)
 
         self.users: dict[str, tuple[int, dict[str, Any], list[int]]] = {}
-        for u, row in enumerate(bundle.load_json(self.path, bundle.USERS)):
+        for u, row in enumerate(self._user_rows):
             history = [self._internal[i] for i in row.get("history", []) if i in self._internal]
             self.users[str(row["id"])] = (u + 1, row.get("features") or {}, history)
         self.popular_ids: list[int] = [
-            self._internal[i]
-            for i in bundle.load_json(self.path, bundle.POPULARITY)
-            if i in self._internal
+            self._internal[i] for i in self._popularity if i in self._internal
         ]
         self._meta: list[dict[str, Any]] = [self._metadata(i) for i in range(self.n_items)]
         self.fragments = ItemFragments(self._meta)
@@ -120,8 +152,29 @@ class Engine:
         self._active_mask = np.zeros(self.n_items, dtype=bool)
         self._active_mask[list(self._internal.values())] = True
         self._filter_cache: OrderedDict[frozenset[str], Subset] = OrderedDict()
-        self.load_seconds = time.perf_counter() - started
-        self.loaded_at = time.time()
+
+    # --- index versions (the item API) ---------------------------------------------------
+    @property
+    def index_version(self) -> int:
+        return self.index.version
+
+    def with_index(self, stamp: tuple, *, mmap: bool = True, faiss_threads: int = 1) -> Engine:
+        """A new engine serving the bundle's current index version with this engine's
+        model: the user tower, its trace and the parsed users / popularity are shared,
+        only the index and what derives from it (``_catalog``) are loaded. What the item
+        API's writes cost each worker instead of a full reload (no weights read, no trace).
+        This engine is not changed: requests holding it keep their version."""
+        from index import ItemIndex
+
+        started = time.perf_counter()
+        index = ItemIndex.load(self.path, mmap=mmap, threads=faiss_threads)
+        new = copy.copy(self)
+        new.stamp, new.index = stamp, index
+        new.manifest = {**self.manifest, "index": index.section}
+        new._catalog()
+        new.load_seconds = time.perf_counter() - started
+        new.loaded_at = time.time()
+        return new
 
     # --- catalog ------------------------------------------------------------------------
     def _metadata(self, i: int) -> dict[str, Any]:

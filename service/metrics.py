@@ -112,6 +112,18 @@ class Metrics:
         self.reloads = Counter(
             "towerrec_reloads_total", "Bundle reloads by result", ["result"], registry=r
         )
+        self.index_swaps = Counter(
+            "towerrec_index_swaps_total",
+            "New index versions swapped in without a full reload, by result",
+            ["result"],
+            registry=r,
+        )
+        self.item_writes = Counter(
+            "towerrec_item_writes_total",
+            "Items changed through the item API, by operation",
+            ["op"],
+            registry=r,
+        )
         self.inference = Histogram(
             "towerrec_inference_seconds",
             "User-tower forward pass per batch",

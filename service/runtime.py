@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 import torch
 
+from index.store import gc_paused
 from service.batcher import Batcher
 from service.core.config import Settings
 from service.engine import Engine, bundle_stamp
 from service.metrics import Metrics
 from service.schemas import Readiness
 from service.store import UserStore, build_store
+from training import bundle
 
 log = logging.getLogger("service.runtime")
 
@@ -50,7 +54,9 @@ class Runtime:
             faiss_threads=settings.faiss_threads,
         )
         self._reload_lock = asyncio.Lock()
+        self.item_write_lock = asyncio.Lock()  # one writer thread per worker (item API)
         self._failed_stamp: tuple | None = None
+        self._failed_index_stamp: tuple | None = None
         self._watcher: asyncio.Task | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -69,7 +75,7 @@ class Runtime:
                 e,
                 self.settings.artifacts_dir,
             )
-        if self.settings.reload_poll_s > 0:
+        if self.settings.reload_poll_s > 0 or self.settings.index_poll_s > 0:
             self._watcher = asyncio.get_running_loop().create_task(
                 self._watch(), name="bundle-watcher"
             )
@@ -142,8 +148,63 @@ class Runtime:
             log.error("reload failed, still serving %s: %s", previous, self.load_error)
         raise ReloadError(self.load_error) from error
 
+    # --- index versions (the item API) -------------------------------------------------
+    def _index_only_change(self, engine: Engine, stamp: tuple) -> bool:
+        """True when the served bundle directory is unchanged and its manifest differs from
+        the engine's only in the ``index`` section: an index write, not a new model."""
+        if stamp[0] != engine.stamp[0]:
+            return False
+        manifest = bundle.read_manifest(engine.path)
+        rest = {k: v for k, v in manifest.items() if k != "index"}
+        return rest == {k: v for k, v in engine.manifest.items() if k != "index"}
+
+    async def refresh_index(self) -> bool:
+        """Swap in the bundle's current index version when only the index changed (cheap:
+        the model stays, see ``Engine.with_index``). False when nothing changed, or when the
+        bundle itself changed (that is a full ``reload``: the watcher or /admin/reload)."""
+        async with self._reload_lock:
+            old = self.engine
+            if old is None:
+                return False
+            stamp = await asyncio.to_thread(bundle_stamp, self.settings.artifacts_dir)
+            if stamp == old.stamp or stamp == self._failed_index_stamp:
+                return False
+            if not await asyncio.to_thread(self._index_only_change, old, stamp):
+                return False
+            s = self.settings
+            try:
+                with gc_paused():
+                    engine = await asyncio.to_thread(
+                        old.with_index, stamp, mmap=s.index_mmap, faiss_threads=s.faiss_threads
+                    )
+            except Exception as e:  # noqa: BLE001 - keep serving the old version
+                # e.g. the version was pruned by newer writes between stat and load: the
+                # manifest has changed again by then, so the next poll retries
+                self._failed_index_stamp = stamp
+                self.metrics.index_swaps.labels(result="failure").inc()
+                log.warning("index swap failed, still serving v%04d: %s", old.index_version, e)
+                return False
+            self.engine = engine  # the swap: requests already running keep their reference
+            gc.freeze()
+            self._failed_index_stamp = None
+            self.metrics.index_swaps.labels(result="success").inc()
+            log.info(
+                "worker %d serving index v%04d (%d active items, was v%04d; %.3fs)",
+                os.getpid(),
+                engine.index_version,
+                engine.active_count,
+                old.index_version,
+                engine.load_seconds,
+            )
+            return True
+
     async def _watch(self) -> None:
-        interval = self.settings.reload_poll_s
+        """One loop for both kinds of change. Every ``INDEX_POLL_S``: a stat of the
+        manifest; an index-only change is swapped in at once. Every ``RELOAD_POLL_S``: a
+        new bundle (``current`` moved, or the model changed) is fully reloaded."""
+        index_poll, reload_poll = self.settings.index_poll_s, self.settings.reload_poll_s
+        interval = min(p for p in (index_poll, reload_poll) if p > 0)
+        last_full = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             try:
@@ -153,6 +214,17 @@ class Runtime:
                 continue
             current = self.engine.stamp if self.engine else None
             if stamp == current or stamp == self._failed_stamp:
+                continue
+            try:
+                if index_poll > 0 and await self.refresh_index():
+                    continue
+            except Exception as e:  # noqa: BLE001 - e.g. the manifest mid-replace
+                log.debug("watcher: index check failed: %s", e)
+                continue
+            if reload_poll <= 0 or time.monotonic() - last_full < reload_poll:
+                continue
+            last_full = time.monotonic()
+            if self.engine is not None and stamp == self.engine.stamp:
                 continue
             log.info("watcher: %s changed, reloading", self.settings.artifacts_dir)
             try:

@@ -226,3 +226,51 @@ class ReloadResponse(BaseModel):
 
 class ErrorDetail(BaseModel):
     detail: str
+
+
+# --- the item API (PUT / DELETE /items, POST /items/batch) ------------------------------
+Genre = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
+
+
+class ItemWrite(StrictModel):
+    """A whole item, as PUT /items/{item_id} takes it (PUT replaces: omitted fields are
+    empty, they do not keep old values)."""
+
+    title: Annotated[Text, StringConstraints(max_length=512)] = Field(
+        "", description="Display title."
+    )
+    genres: list[Genre] | None = Field(
+        None,
+        max_length=64,
+        description="Metadata genres (what `filter.genres_any` matches); default: the "
+        "`genres` feature when the model has one.",
+    )
+    features: dict[FeatureName, FeatureValue] = Field(
+        ...,
+        min_length=1,
+        description="Item features keyed by the bundle's item feature names; the item "
+        "tower embeds the item from them. Unknown values map to the unknown bucket.",
+        examples=[{"genres": ["Drama"], "year": 1999}],
+    )
+
+
+class ItemUpsert(ItemWrite):
+    item_id: ItemId
+
+
+class ItemBatchRequest(StrictModel):
+    upsert: list[ItemUpsert] = Field(
+        [], description="Items to add (new id) or replace (known id), whole."
+    )
+    delete: list[ItemId] = Field([], description="Ids of items to remove.")
+
+
+class ItemWriteResponse(BaseModel):
+    """What one write did: one new index version holding all of its changes."""
+
+    index_version: int = Field(description="The index version the change was written as.")
+    model_version: str
+    added: list[str] = []
+    replaced: list[str] = []
+    removed: list[str] = []
+    active_items: int = Field(description="Items served in the new version.")

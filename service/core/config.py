@@ -23,6 +23,15 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Poll the resolved `current` target this often; 0 = off."
     )
     index_mmap: bool = Field(True, description="Memory-map the FAISS index when possible.")
+    index_poll_s: float = Field(
+        0.5,
+        ge=0,
+        description="Stat the bundle's manifest this often and swap in a new index version "
+        "(item API writes, `python -m index add`) without a full reload; 0 = off.",
+    )
+    max_item_batch: int = Field(
+        1000, ge=1, description="Most upserts + deletes in one POST /items/batch."
+    )
 
     # --- cache / Redis ------------------------------------------------------------------
     redis_url: SecretStr | None = Field(

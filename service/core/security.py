@@ -76,8 +76,11 @@ def is_json(content_type: bytes) -> bool:
     )
 
 
+BODY_METHODS = ("POST", "PUT")
+
+
 class BodyGuardMiddleware:
-    """Pure ASGI, for every request body: 415 when a POST says its body is anything but
+    """Pure ASGI, for every request body: 415 when a POST or PUT says its body is anything but
     JSON (every body this API takes is JSON; no Content-Type is read as JSON), 413 when
     Content-Length or the streamed body exceeds ``limit`` bytes. A middleware rather
     than a route dependency: each dependency FastAPI solves costs a measurable share of
@@ -112,7 +115,7 @@ class BodyGuardMiddleware:
                     too_big = False
                 if too_big:
                     return await self._reject(send, 413, too_large)
-            elif name == b"content-type" and scope["method"] == "POST" and not is_json(value):
+            elif name == b"content-type" and scope["method"] in BODY_METHODS and not is_json(value):
                 detail = "send the body as Content-Type: application/json"
                 return await self._reject(send, 415, detail)
         received = 0
