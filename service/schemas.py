@@ -247,9 +247,9 @@ class ItemWrite(StrictModel):
     )
     features: dict[FeatureName, FeatureValue] = Field(
         ...,
-        min_length=1,
-        description="Item features keyed by the bundle's item feature names; the item "
-        "tower embeds the item from them. Unknown values map to the unknown bucket.",
+        description="Item features keyed by the bundle's item feature names (at least "
+        "one); the item tower embeds the item from them. Unknown values map to the "
+        "unknown bucket.",
         examples=[{"genres": ["Drama"], "year": 1999}],
     )
 

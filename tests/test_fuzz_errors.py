@@ -24,8 +24,10 @@ from redis_server import RedisServer
 
 served_root = support.served_root  # fixture
 
-POST_ROUTES = ["/recommend", "/recommend/batch", "/events", "/admin/reload"]
+POST_ROUTES = ["/recommend", "/recommend/batch", "/events", "/admin/reload", "/items/batch"]
+PUT_ROUTES = ["/items/fuzz-item", "/items/1"]  # a new id and a catalog id (item API)
 GET_ROUTES = ["/items/{}", "/similar-items/{}", "/healthz", "/readyz", "/metrics"]
+PATH_ROUTES = [*GET_ROUTES, "DELETE /items/{}"]  # "METHOD path" (GET when no method)
 CONTENT_TYPES = [
     None,
     "application/json",
@@ -114,10 +116,12 @@ def deep(n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def live(served_root):
+def live(served_root, tmp_path_factory):
+    # a private copy: no keys are set, so the item API is open and writes it
+    root = support.copy_root(served_root, tmp_path_factory.mktemp("fuzz") / "artifacts")
     with RedisServer() as redis:
         env = {
-            "ARTIFACTS_DIR": str(served_root / "current"),
+            "ARTIFACTS_DIR": str(root / "current"),
             "REDIS_URL": redis.url,
             "LOG_LEVEL": "info",
         }
@@ -159,7 +163,8 @@ def assert_no_traceback(live, since: int) -> None:
 
 def post(live, route: str, body: bytes, content_type: str | None) -> httpx.Response:
     headers = {} if content_type is None else {"content-type": content_type}
-    return send(live, "POST", route, content=body, headers=headers)
+    method = "PUT" if route in PUT_ROUTES else "POST"
+    return send(live, method, route, content=body, headers=headers)
 
 
 def send(live, method: str, path: str, **kwargs) -> httpx.Response:
@@ -179,7 +184,7 @@ def send(live, method: str, path: str, **kwargs) -> httpx.Response:
 def test_arbitrary_bytes_under_any_content_type_never_give_5xx(live):
     @FUZZ
     @given(
-        route=st.sampled_from(POST_ROUTES),
+        route=st.sampled_from(POST_ROUTES + PUT_ROUTES),
         content_type=st.sampled_from(CONTENT_TYPES),
         body=st.binary(max_size=300),
     )
@@ -197,7 +202,9 @@ def test_arbitrary_bytes_under_any_content_type_never_give_5xx(live):
 
 def test_arbitrary_json_never_gives_5xx(live):
     @FUZZ
-    @given(route=st.sampled_from(POST_ROUTES), value=any_json, ascii_only=st.booleans())
+    @given(
+        route=st.sampled_from(POST_ROUTES + PUT_ROUTES), value=any_json, ascii_only=st.booleans()
+    )
     @example(route="/recommend", value=Raw(deep(100_000)), ascii_only=True)
     @example(route="/events", value=Raw(deep(3000)), ascii_only=True)
     @example(route="/recommend/batch", value={"requests": Raw(deep(5000))}, ascii_only=True)
@@ -237,7 +244,31 @@ def test_request_shaped_bodies_with_hostile_values_never_give_5xx(live, real):
             "event_id": value,
         },
     )
+    item_feature = st.one_of(st.sampled_from(["genres", "year"]), any_text)
+    item = st.fixed_dictionaries(
+        {},
+        optional={
+            "title": value,
+            "genres": ids | value,
+            "features": st.dictionaries(item_feature, value, max_size=3) | value,
+        },
+    )
     bodies = {
+        "/items/1": item,
+        "/items/fuzz-item": item,
+        "/items/batch": st.fixed_dictionaries(
+            {},
+            optional={
+                "upsert": st.lists(
+                    st.tuples(st.one_of(st.sampled_from(real["items"]), value), item).map(
+                        lambda pair: {"item_id": pair[0], **pair[1]}
+                    ),
+                    max_size=3,
+                )
+                | value,
+                "delete": ids | value,
+            },
+        ),
         "/recommend": recommend,
         "/recommend/batch": st.fixed_dictionaries(
             {"requests": st.lists(recommend | value, max_size=4) | value}
@@ -261,17 +292,18 @@ def test_request_shaped_bodies_with_hostile_values_never_give_5xx(live, real):
 def test_arbitrary_paths_and_queries_never_give_5xx(live, real):
     @FUZZ
     @given(
-        route=st.sampled_from(GET_ROUTES),
+        route=st.sampled_from(PATH_ROUTES),
         segment=st.one_of(st.sampled_from(real["items"]), any_text),
         k=st.one_of(st.none(), any_text, st.sampled_from(["NaN", "1e400", "-1", "0", "5"])),
     )
     @example(route="/items/{}", segment="\ud800", k=None)
     @example(route="/similar-items/{}", segment="1", k="Infinity")
     def run(route, segment, k):
+        method, _, route = route.rpartition(" ")
         path = route.format(quote(segment.encode("utf-8", "surrogatepass"), safe=""))
         params = {} if k is None else {"k": k.encode("utf-8", "surrogatepass")}
-        r = send(live, "GET", path, params=params)
-        check(r, f"GET {path} {params}")
+        r = send(live, method or "GET", path, params=params)
+        check(r, f"{method or 'GET'} {path} {params}")
 
     start = len(live.log())
     run()

@@ -19,6 +19,8 @@ import test_service_support as support
 from live_service import live_service
 from redis_server import RedisServer
 
+from index import store
+
 served_root = support.served_root  # fixture
 
 # Every check schemathesis has (server errors; status, content type, headers and body
@@ -29,6 +31,7 @@ EXCLUDED_CHECKS = ("positive_data_acceptance",)
 MAX_EXAMPLES = 60  # per operation and phase; the whole run takes well under a minute here
 SEED = 16
 API_KEY = "fuzz-key"
+ADMIN_API_KEY = "fuzz-admin-key"  # sent on every request: the item API's writes are fuzzed too
 
 
 def schemathesis(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -43,11 +46,13 @@ def schemathesis(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(served_root, tmp_path):
+    root = support.copy_root(served_root, tmp_path / "artifacts")  # the item API writes it
     with RedisServer(extra_args=["--requirepass", "fuzz-redis-pw"]) as redis:
         env = {
-            "ARTIFACTS_DIR": str(served_root / "current"),
+            "ARTIFACTS_DIR": str(root / "current"),
             "REDIS_URL": f"redis://:fuzz-redis-pw@127.0.0.1:{redis.port}/0",
             "API_KEY": API_KEY,
+            "ADMIN_API_KEY": ADMIN_API_KEY,
             "LOG_LEVEL": "warning",
         }
         with live_service(env) as live:
@@ -55,7 +60,7 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(served_root
                 "run",
                 f"{live.url}/openapi.json",
                 "--header",
-                f"X-API-Key: {API_KEY}",
+                f"X-API-Key: {ADMIN_API_KEY}",
                 "--checks",
                 "all",
                 "--exclude-checks",
@@ -73,5 +78,7 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(served_root
             log = live.log()
     report = run.stdout[-20000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
+    # the item API's writes were reached (its schema example is a valid item)
+    assert store.section_of(root / "current")["version"] > 1
     assert "Traceback" not in log, log[-4000:]
     assert "fuzz-redis-pw" not in log + report

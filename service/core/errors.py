@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.schemas import ErrorDetail
 
@@ -86,14 +87,29 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": printable(errors)}, status_code=422)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the app serves at this path. Starlette's 405 names the
+    methods of the first route matching the path only, and /items/{item_id} has a GET
+    route (read, API key) and PUT / DELETE routes (item API, admin key)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": ""})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     detail = exc.detail
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": allowed_methods(request)}
     if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         detail = "body is not valid UTF-8 JSON"
     elif exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
         detail = "body is nested too deeply to parse"
     return JSONResponse(
-        {"detail": printable(detail)}, status_code=exc.status_code, headers=exc.headers
+        {"detail": printable(detail)}, status_code=exc.status_code, headers=headers
     )
 
 

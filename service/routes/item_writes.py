@@ -46,6 +46,9 @@ def check_item_features(engine: Engine, features: dict[str, Any], loc: tuple) ->
     """Names must be the bundle's item features, values of the kind's type (422 shape)."""
     specs = engine.item_encoder.by_name
     errors = []
+    if not features:
+        msg = f"give at least one item feature; known: {', '.join(specs)}"
+        errors.append(error((*loc, "features"), msg, "too_short", features))
     for name, value in features.items():
         spec, where = specs.get(name), (*loc, "features", name)
         if spec is None:
