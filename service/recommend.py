@@ -88,12 +88,20 @@ def _finite(value: Any) -> bool:
 
 def check_features(features: dict[str, Any] | None, loc: Loc, engine: Engine) -> list[dict]:
     """Names must be the bundle's user features, values of the kind's type."""
+    return feature_errors(engine.spec_by_name, features, loc, "user")
+
+
+def feature_errors(
+    specs: dict[str, Any], features: dict[str, Any] | None, loc: Loc, side: str
+) -> list[dict]:
+    """422 errors for ``features`` against ``specs`` (name -> FeatureSpec) of one tower
+    side (``user`` / ``item``): unknown names, values not of the kind's type."""
     errors: list[dict] = []
-    known_names = ", ".join(engine.spec_by_name) or "(this model has no user features)"
+    known_names = ", ".join(specs) or f"(this model has no {side} features)"
     for name, value in (features or {}).items():
-        spec, where = engine.spec_by_name.get(name), (*loc, "features", name)
+        spec, where = specs.get(name), (*loc, "features", name)
         if spec is None:
-            msg = f"unknown user feature {name!r}; known: {known_names}"
+            msg = f"unknown {side} feature {name!r}; known: {known_names}"
             errors.append(error(where, msg, "extra_forbidden", value))
             continue
         types, label = _KIND_TYPES[spec.kind]

@@ -108,9 +108,7 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = "body is not valid UTF-8 JSON"
     elif exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
         detail = "body is nested too deeply to parse"
-    return JSONResponse(
-        {"detail": printable(detail)}, status_code=exc.status_code, headers=headers
-    )
+    return JSONResponse({"detail": printable(detail)}, status_code=exc.status_code, headers=headers)
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:

@@ -24,7 +24,7 @@ from service.core.errors import responses
 from service.core.security import require_admin_key
 from service.deps import EngineDep, RuntimeDep, SettingsDep
 from service.engine import Engine
-from service.recommend import _KIND_TYPES, _finite, error
+from service.recommend import error, feature_errors
 from service.routes.items import ItemPath
 from service.runtime import Runtime
 from service.schemas import ItemBatchRequest, ItemWrite, ItemWriteResponse
@@ -43,24 +43,13 @@ ID_ONLY = (
 
 
 def check_item_features(engine: Engine, features: dict[str, Any], loc: tuple) -> list[dict]:
-    """Names must be the bundle's item features, values of the kind's type (422 shape)."""
+    """Names must be the bundle's item features, values of the kind's type, at least one
+    (422 shape, as /recommend's user features)."""
     specs = engine.item_encoder.by_name
-    errors = []
     if not features:
         msg = f"give at least one item feature; known: {', '.join(specs)}"
-        errors.append(error((*loc, "features"), msg, "too_short", features))
-    for name, value in features.items():
-        spec, where = specs.get(name), (*loc, "features", name)
-        if spec is None:
-            msg = f"unknown item feature {name!r}; known: {', '.join(specs)}"
-            errors.append(error(where, msg, "extra_forbidden", value))
-            continue
-        types, label = _KIND_TYPES[spec.kind]
-        wrong = isinstance(value, bool) or not isinstance(value, types)
-        if value is not None and (wrong or (spec.kind == "bucket" and not _finite(value))):
-            msg = f"feature {name!r} ({spec.kind}) should be {label}"
-            errors.append(error(where, msg, "type_error", value))
-    return errors
+        return [error((*loc, "features"), msg, "too_short", features)]
+    return feature_errors(specs, features, loc, "item")
 
 
 def _require_item_tower(engine: Engine) -> None:
