@@ -125,6 +125,16 @@ class ItemIndex:
         return int(self._active.sum())
 
     @property
+    def by_external(self) -> dict[str, int]:
+        """External id -> internal id of every active item (shared: do not modify)."""
+        return self._by_external
+
+    @property
+    def active_mask(self) -> np.ndarray:
+        """bool [items]: which internal ids are served (shared: do not modify)."""
+        return self._active
+
+    @property
     def faiss_index(self) -> faiss.Index:
         """The underlying FAISS index (labels = internal ids); for evaluation only."""
         return self._index

@@ -116,42 +116,71 @@ class Engine:
             if traced
             else self.tower
         )
-        # parsed once per bundle: an index swap (``with_index``) maps them again
-        self._user_rows = bundle.load_json(self.path, bundle.USERS)
+        # parsed once per bundle and shared by the engines ``with_index`` derives
+        # users keep external ids: mapped to the served index version at lookup
+        self.users: dict[str, tuple[int, dict[str, Any], list[str]]] = {
+            str(row["id"]): (u + 1, row.get("features") or {}, list(row.get("history", [])))
+            for u, row in enumerate(bundle.load_json(self.path, bundle.USERS))
+        }
         self._popularity: list[str] = bundle.load_json(self.path, bundle.POPULARITY)
         self.item_encoder = ItemEncoder(self.path, self.cfg.specs("item"))
         self._catalog()
         self.load_seconds = time.perf_counter() - started
         self.loaded_at = time.time()
 
-    def _catalog(self) -> None:
-        """Everything derived from the index version: ids, users' histories and popularity
-        mapped to internal ids, metadata, rendered fragments, genre masks."""
+    def _catalog(self, previous: Engine | None = None) -> None:
+        """Everything derived from the index version: active ids, metadata, rendered
+        fragments, genre masks, popularity. With ``previous`` (an index swap) the rows
+        it already derived are reused when this version only appended or deactivated
+        rows (``_extends``): an item write then costs O(new rows) here, not O(catalog)."""
         if self.index.dim != self.cfg.vector_dim:
             raise BundleError(
                 f"{self.path}: index dim {self.index.dim} != model dim {self.cfg.vector_dim}"
             )
-        self.item_ids: list[str] = list(self.index.item_ids)
+        self.item_ids: list[str] = self.index.item_ids
         self.n_items = len(self.item_ids)
-        self._internal = {ext: i for i, ext in enumerate(self.item_ids) if self.index.is_active(i)}
+        self._internal = self.index.by_external  # active items only
+        self._active_mask = self.index.active_mask
         self.active_count = len(self._internal)
-
-        self.users: dict[str, tuple[int, dict[str, Any], list[int]]] = {}
-        for u, row in enumerate(self._user_rows):
-            history = [self._internal[i] for i in row.get("history", []) if i in self._internal]
-            self.users[str(row["id"])] = (u + 1, row.get("features") or {}, history)
+        base = previous if previous is not None and self._extends(previous) else None
+        start = base.n_items if base is not None else 0
+        added = [self._metadata(i) for i in range(start, self.n_items)]
+        if base is not None:
+            self._meta: list[dict[str, Any]] = base._meta + added
+            self.fragments = base.fragments.extended(added)
+            self.genres: dict[str, np.ndarray] = {}
+            for g, mask in base.genres.items():  # new arrays: the old engine keeps its own
+                self.genres[g] = np.zeros(self.n_items, dtype=bool)
+                self.genres[g][: len(mask)] = mask
+        else:
+            self._meta, self.fragments, self.genres = added, ItemFragments(added), {}
+        rows: dict[str, list[int]] = {}
+        for i in range(start, self.n_items):
+            for g in self._meta[i]["genres"]:
+                rows.setdefault(g, []).append(i)
+        for g, internal in rows.items():
+            if g not in self.genres:
+                self.genres[g] = np.zeros(self.n_items, dtype=bool)
+            self.genres[g][internal] = True
         self.popular_ids: list[int] = [
             self._internal[i] for i in self._popularity if i in self._internal
         ]
-        self._meta: list[dict[str, Any]] = [self._metadata(i) for i in range(self.n_items)]
-        self.fragments = ItemFragments(self._meta)
-        self.genres: dict[str, np.ndarray] = {}
-        for i, meta in enumerate(self._meta):
-            for g in meta["genres"]:
-                self.genres.setdefault(g, np.zeros(self.n_items, dtype=bool))[i] = True
-        self._active_mask = np.zeros(self.n_items, dtype=bool)
-        self._active_mask[list(self._internal.values())] = True
         self._filter_cache: OrderedDict[frozenset[str], Subset] = OrderedDict()
+
+    def _extends(self, previous: Engine) -> bool:
+        """True when this index version keeps every row of ``previous``'s as it was
+        (apart from ``active``): only add / replace / remove / upsert / compact happened
+        since, as the section's history shows (a ``build`` starts rows afresh)."""
+        later = [
+            h
+            for h in self.index.section.get("history", [])
+            if h["version"] > previous.index_version
+        ]
+        if not later or later[0]["version"] != previous.index_version + 1:
+            return False  # not a newer version, or history cut: cannot tell
+        if any(h.get("op") == "build" for h in later) or previous.n_items > self.n_items:
+            return False
+        return self.item_ids[: previous.n_items] == previous.item_ids
 
     # --- index versions (the item API) ---------------------------------------------------
     @property
@@ -171,7 +200,7 @@ class Engine:
         new = copy.copy(self)
         new.stamp, new.index = stamp, index
         new.manifest = {**self.manifest, "index": index.section}
-        new._catalog()
+        new._catalog(previous=self)
         new.load_seconds = time.perf_counter() - started
         new.loaded_at = time.time()
         return new
@@ -221,7 +250,12 @@ class Engine:
         return subset
 
     def user(self, user_id: str) -> tuple[int, dict[str, Any], list[int]] | None:
-        return self.users.get(user_id)
+        """(1-based user index, features, history as active internal ids, newest last)."""
+        row = self.users.get(user_id)
+        if row is None:
+            return None
+        internal = self._internal
+        return row[0], row[1], [internal[i] for i in row[2] if i in internal]
 
     def popular(self, k: int, exclude: set[int], allowed: Subset | None) -> list[int]:
         allowed = allowed.mask if allowed is not None else None

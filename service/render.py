@@ -27,6 +27,13 @@ class ItemFragments:
             for m in metadata
         ]  # fmt: skip
 
+    def extended(self, metadata: Sequence[dict[str, Any]]) -> ItemFragments:
+        """A new instance: these fragments, then those of ``metadata`` (rows appended by
+        an index write; this one is not changed)."""
+        out = ItemFragments(metadata)
+        out._heads = self._heads + out._heads
+        return out
+
     def items(self, ids: Sequence[int], scores: Sequence[float] | None) -> str:
         """The JSON array of ``ids`` with their scores (null scores when None)."""
         heads = self._heads
