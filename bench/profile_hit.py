@@ -4,7 +4,9 @@ Wall-clock req/s on a shared 2-core machine is noise; CPU time per request in on
 is not. This drives ASGI apps directly (a hand-made HTTP scope, no socket, no HTTP client)
 and measures ``time.process_time`` per call, in alternating rounds (the median of the
 rounds is printed): whole cache hits (``{"user_id": ...}`` bodies whose vectors are
-cached) with the Redis store and the in-process store; each layer alone around a
+cached) with the Redis store and the in-process store, one at a time and ``--concurrency``
+at a time (one ``gather``: what reaches the store in one event-loop iteration under load,
+so the Redis store's coalesced pipelines show); each layer alone around a
 constant answer (the two middlewares; a bare FastAPI route with the body model, then its
 router-level API-key dependency, then ``ServingDep``); and the service's own steps called
 directly (``recommend.recommend``, the store's read, redis-py's commands, body
@@ -171,7 +173,7 @@ async def measure(args) -> list[tuple[str, float, str]]:
                     *(client.post("/recommend", bodies[(base + j) % len(bodies)]) for j in range(c))
                 )
 
-            run = cpu_us(n // c, wave)
+            run = cpu_us(max(1, n // c), wave)
 
             async def per_request() -> float:
                 return await run() / c
