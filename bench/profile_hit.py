@@ -4,7 +4,9 @@ Wall-clock req/s on a shared 2-core machine is noise; CPU time per request in on
 is not. This drives ASGI apps directly (a hand-made HTTP scope, no socket, no HTTP client)
 and measures ``time.process_time`` per call, in alternating rounds (the median of the
 rounds is printed): whole cache hits (``{"user_id": ...}`` bodies whose vectors are
-cached) with the Redis store and the in-process store; each layer alone around a
+cached) with the Redis store and the in-process store, one at a time and ``--concurrency``
+at a time (one ``gather``: what reaches the store in one event-loop iteration under load,
+so the Redis store's coalesced pipelines show); each layer alone around a
 constant answer (the two middlewares; a bare FastAPI route with the body model, then its
 router-level API-key dependency, then ``ServingDep``); and the service's own steps called
 directly (``recommend.recommend``, the store's read, redis-py's commands, body
@@ -160,6 +162,24 @@ async def measure(args) -> list[tuple[str, float, str]]:
             client = Client(app)
             return cpu_us(n, lambda i: client.post("/recommend", bodies[i % len(bodies)]))
 
+        def concurrent_hits(app, c: int):
+            """``c`` requests at a time (one ``gather``): what reaches the store in one
+            event-loop iteration, as under load."""
+            client = Client(app)
+
+            async def wave(i):
+                base = i * c
+                await asyncio.gather(
+                    *(client.post("/recommend", bodies[(base + j) % len(bodies)]) for j in range(c))
+                )
+
+            run = cpu_us(max(1, n // c), wave)
+
+            async def per_request() -> float:
+                return await run() / c
+
+            return per_request
+
         serving_local = _serving(apps["local"])
         serving_redis = _serving(apps["redis"])
         requests = [RecommendRequest.model_validate_json(b) for b in bodies]
@@ -208,6 +228,12 @@ async def measure(args) -> list[tuple[str, float, str]]:
         runs = {
             "hit, redis store (full app)": hits(apps["redis"]),
             "hit, in-process store (full app)": hits(apps["local"]),
+            f"hit, redis store, {args.concurrency} at a time": concurrent_hits(
+                apps["redis"], args.concurrency
+            ),
+            f"hit, in-process store, {args.concurrency} at a time": concurrent_hits(
+                apps["local"], args.concurrency
+            ),
             "constant ASGI app (the driver's own cost)": hits(constant_app),
             "  inside BodyGuardMiddleware": hits(guarded),
             "  inside MetricsMiddleware": hits(timed),
@@ -301,6 +327,9 @@ def main() -> None:
     p.add_argument("--bundle", required=True, help="a bundle directory with an index")
     p.add_argument("--requests", type=int, default=2000, help="requests per measurement")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median shown)")
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="requests at a time in the concurrent rows"
+    )
     p.add_argument("--users", type=int, default=200, help="users cycled (all cached first)")
     p.add_argument(
         "--profile",

@@ -18,6 +18,7 @@ from service.core.security import BodyGuardMiddleware, require_api_key
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, docs, events, health, item_writes, items, recommend
 from service.runtime import Runtime
+from service.schemas import declare_limits
 
 DESCRIPTION = """Candidate retrieval: a two-tower user encoder + a FAISS inner-product index.
 
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.settings, app.state.metrics = settings, metrics
+    plain_openapi = app.openapi
+    app.openapi = lambda: declare_limits(plain_openapi(), settings)  # MAX_K etc. in the schema
     errors.install(app)
 
     protected = [Depends(require_api_key)]

@@ -84,6 +84,12 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.redis_pipelines = Counter(
+            "towerrec_redis_pipelines_total",
+            "Pipelines sent to Redis (one per node per event-loop iteration: the commands "
+            "of concurrent requests are sent together)",
+            registry=r,
+        )
         self.redis_up = Gauge(
             "towerrec_redis_up",
             "1 while Redis is in use, 0 while the circuit breaker skips it",

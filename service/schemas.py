@@ -274,3 +274,27 @@ class ItemWriteResponse(BaseModel):
     replaced: list[str] = []
     removed: list[str] = []
     active_items: int = Field(description="Items served in the new version.")
+
+
+def declare_limits(openapi: dict, settings) -> dict:
+    """``openapi`` (FastAPI's schema of these models) with the limits that come from the
+    settings declared where they apply: ``k <= MAX_K``, ``MAX_RECENT_ITEMS``,
+    ``MAX_BATCH``, ``MAX_EVENTS``. The models cannot carry them (they are built at import,
+    the settings per app), and the checks stay in the routes, which answer the same 422.
+    Idempotent: it sets values, so it may run on every /openapi.json."""
+    models = openapi["components"]["schemas"]
+
+    def field(model: str, name: str) -> dict:
+        prop = models[model]["properties"][name]
+        return next((s for s in prop.get("anyOf", []) if s.get("type") != "null"), prop)
+
+    field("RecommendRequest", "k")["maximum"] = settings.max_k
+    for name in ("recent_items", "exclude_items"):
+        field("RecommendRequest", name)["maxItems"] = settings.max_recent_items
+    field("BatchRequest", "requests")["maxItems"] = settings.max_batch
+    field("EventBatch", "events")["maxItems"] = settings.max_events
+    body = openapi["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+    for shape in body["schema"]["anyOf"]:
+        if shape.get("type") == "array":
+            shape["maxItems"] = settings.max_events
+    return openapi

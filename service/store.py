@@ -37,7 +37,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,6 +248,70 @@ class Breaker:
         self.open_until, self.probing = time.monotonic() + self.retry_s, False
 
 
+class Coalescer:
+    """One pipeline per Redis node for the commands of every request that reaches the
+    store in one event-loop iteration.
+
+    Why: most of the CPU a cache hit spends on Redis is redis-py's cost per pipeline
+    (a pooled connection, a socket write, a wake-up for the reply), not per command
+    (docs/BENCHMARKS.md, "Where a cache hit's CPU goes"). Under load many requests reach
+    the store in the same iteration; sent together, they pay that cost once. A request
+    waits one loop iteration longer than alone, then as long as its pipeline (each bounded
+    by REDIS_SOCKET_TIMEOUT_S), on the event loop: no thread, no timer.
+
+    Each request gets its own replies back, a command's error in its reply's place (so a
+    wrong-type key fails its own request's part only). A pipeline that fails as a whole
+    (timeout, connection error, breaker open) fails the requests in it and is counted once
+    by that node's breaker. The pipeline runs in a task of its own, so a client that goes
+    away cancels its wait only, never the others' round trip.
+    """
+
+    def __init__(self, send: Callable[[str, Callable[[Any], None]], Awaitable[list]]):
+        self.send = send  # RedisLink.send: one pipeline to one node, through its breaker
+        self.waiting: dict[str, list[tuple[Callable[[Any], None], asyncio.Future]]] = {}
+        self.tasks: set[asyncio.Task] = set()  # pipelines under way (referenced until done)
+
+    async def execute(self, node: str, build: Callable[[Any], None]) -> list:
+        loop = asyncio.get_running_loop()
+        if node not in self.waiting:
+            self.waiting[node] = []
+            loop.call_soon(self._flush, node)  # after the callbacks already due this iteration
+        future = loop.create_future()
+        self.waiting[node].append((build, future))
+        return await future
+
+    def _flush(self, node: str) -> None:
+        task = asyncio.ensure_future(self._run(node, self.waiting.pop(node)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, node: str, calls: list[tuple[Callable[[Any], None], asyncio.Future]]):
+        sizes = []
+
+        def build_all(pipe) -> None:
+            for build, _ in calls:
+                before = len(pipe)
+                build(pipe)
+                sizes.append(len(pipe) - before)
+
+        try:
+            replies = await self.send(node, build_all)
+        except Exception as e:  # noqa: BLE001 - RedisUnavailable, or a bug: theirs to see
+            for _, future in calls:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        except BaseException:  # this task cancelled (the loop is closing): so are the waits
+            for _, future in calls:
+                future.cancel()
+            raise
+        start = 0
+        for (_, future), size in zip(calls, sizes, strict=True):
+            if not future.done():  # done = that request was cancelled
+                future.set_result(replies[start : start + size])
+            start += size
+
+
 class RedisLink:
     """One redis.asyncio client (single node or cluster) with a circuit breaker per node
     (one node of a cluster that is away does not switch off the others)."""
@@ -258,6 +322,7 @@ class RedisLink:
         self.retry_s, self.log_interval_s = settings.redis_retry_s, settings.redis_log_interval_s
         self.metrics = metrics
         self.breakers: dict[str, Breaker] = {}
+        self.coalescer = Coalescer(self.send)
         self._last_log = -1e18
         metrics.redis_up.set(1)
 
@@ -284,10 +349,16 @@ class RedisLink:
         return list(groups.items())
 
     async def execute(self, node: str, build: Callable[[Any], None]) -> list:
-        """Run the commands ``build(pipeline)`` adds (keys on ``node``) in one round trip.
-        A command's own error comes back as an exception object in its reply's place."""
+        """The replies to the commands ``build(pipeline)`` adds (keys on ``node``), sent
+        with every other request's of this event-loop iteration (``Coalescer``). A
+        command's own error comes back as an exception object in its reply's place."""
+        return await self.coalescer.execute(node, build)
+
+    async def send(self, node: str, build: Callable[[Any], None]) -> list:
+        """One pipeline to ``node`` now, through its circuit breaker."""
         pipe = self.client.pipeline() if self.cluster else self.client.pipeline(transaction=False)
         build(pipe)
+        self.metrics.redis_pipelines.inc()
         return await self._guarded(node, lambda: pipe.execute(raise_on_error=False))
 
     async def _guarded(self, node: str, call: Callable[[], Any]) -> Any:

@@ -28,6 +28,8 @@ def test_profile_hit_prints_a_cpu_figure_for_every_layer(served_root):
         "store.read() redis (one pipeline)",
         "recommend.recommend() direct, in-process",
         "naive endpoint (bench.naive)",
+        "hit, redis store, 32 at a time",
+        "hit, in-process store, 32 at a time",
     ):
         assert int(rows[name]) > 0, result.stdout
-    assert len(rows) == 16, result.stdout
+    assert len(rows) == 18, result.stdout
