@@ -17,6 +17,7 @@ import torch
 
 from service.batcher import Batcher
 from service.core.config import Settings
+from service.dashboard import Dashboard
 from service.engine import Engine, bundle_stamp
 from service.metrics import Metrics
 from service.schemas import Readiness
@@ -49,6 +50,9 @@ class Runtime:
             torch_threads=settings.torch_threads,
             faiss_threads=settings.faiss_threads,
         )
+        self.dashboard = Dashboard(
+            settings, metrics, lambda: self.engine.index.kind if self.engine else None
+        )
         self._reload_lock = asyncio.Lock()
         self._failed_stamp: tuple | None = None
         self._watcher: asyncio.Task | None = None
@@ -61,6 +65,7 @@ class Runtime:
         torch.set_num_threads(self.settings.torch_threads)
         faiss.omp_set_num_threads(self.settings.faiss_threads)
         self.batcher.start()
+        self.dashboard.start()
         try:
             await self.reload(force=True)
         except ReloadError as e:
@@ -82,6 +87,7 @@ class Runtime:
             except asyncio.CancelledError:
                 pass
         await self.batcher.stop()
+        await asyncio.to_thread(self.dashboard.stop)
         await self.store.close()
 
     # --- reloads ------------------------------------------------------------------------
