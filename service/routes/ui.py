@@ -9,16 +9,19 @@ service/README.md, "Dashboard".
 
 from __future__ import annotations
 
+import os
 from pathlib import Path as FilePath
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.core.errors import responses
 from service.dashboard import Dashboard, exposure_stats, popularity_counts
 from service.deps import EngineDep, RuntimeDep, StoreDep
 from service.engine import Engine
+from service.recommend import error
 from training import bundle
 from training.report import TABLE_KEYS
 
@@ -79,7 +82,11 @@ def _recall(runtime) -> dict[str, Any]:
     return out
 
 
-@router.get("/model", summary="The served bundle: version, data, eval report, curve, index")
+@router.get(
+    "/model",
+    summary="The served bundle: version, data, eval report, curve, index",
+    responses=responses(401, 503),
+)
 async def model(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
     m, report = engine.manifest, _report(engine)
     section = engine.index.section
@@ -126,7 +133,12 @@ async def model(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.get("/curve.png", summary="The bundle's training-curve PNG", response_class=FileResponse)
+@router.get(
+    "/curve.png",
+    summary="The bundle's training-curve PNG",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}} | responses(401, 404, 503),
+)
 async def curve(engine: EngineDep) -> FileResponse:
     path = engine.path / bundle.CURVE
     if not path.exists():
@@ -134,15 +146,23 @@ async def curve(engine: EngineDep) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
-@router.get("/live", summary="This replica's requests/s, latency, cache, strategies, errors")
+@router.get(
+    "/live",
+    summary="This replica's requests/s, latency, cache, strategies, errors",
+    responses=responses(401, 422),
+)
 async def live(
     runtime: RuntimeDep,
     window_s: float = Query(60.0, gt=0, le=86400, description="Seconds the summary covers"),
 ) -> dict[str, Any]:
-    return runtime.dashboard.sampler.live(window_s)
+    return runtime.dashboard.sampler.live(window_s) | {"served_by_pid": os.getpid()}
 
 
-@router.get("/exposure", summary="Coverage, Gini and popularity lift of the last answers")
+@router.get(
+    "/exposure",
+    summary="Coverage, Gini and popularity lift of the last answers",
+    responses=responses(401, 503),
+)
 async def exposure(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
     answers = runtime.dashboard.exposure.recent()
     rows = [i for i in range(engine.n_items) if engine.is_active(i)]
@@ -154,7 +174,11 @@ async def exposure(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
     return stats | {"window_answers": runtime.settings.exposure_answers}
 
 
-@router.get("/recall", summary="Live recall@k of the served index (sampled exact re-runs)")
+@router.get(
+    "/recall",
+    summary="Live recall@k of the served index (sampled exact re-runs)",
+    responses=responses(401),
+)
 async def recall(runtime: RuntimeDep) -> dict[str, Any]:
     return _recall(runtime)
 
@@ -173,7 +197,9 @@ def _brief(engine: Engine, i: int) -> dict[str, Any]:
 
 
 @router.get(
-    "/search", summary="Items by id or title (case-insensitive substring)", responses=responses(401)
+    "/search",
+    summary="Items by id or title (case-insensitive substring)",
+    responses=responses(401, 422, 503),
 )
 async def search(
     engine: EngineDep,
@@ -195,12 +221,23 @@ async def search(
     return {"query": q, "items": out[:limit]}
 
 
-@router.get("/users/{user_id}", summary="A user's features and history (bundle + /events)")
+@router.get(
+    "/users/{user_id}",
+    summary="A user's features and history (bundle + /events)",
+    responses=responses(401, 404, 422, 503),
+)
 async def user(
     engine: EngineDep,
     store: StoreDep,
     user_id: str = Path(..., min_length=1, max_length=128),
 ) -> dict[str, Any]:
+    try:
+        user_id.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = "must be valid Unicode text (no lone surrogates)"
+        raise RequestValidationError(
+            [error(("path", "user_id"), msg, "value_error", user_id)]
+        ) from None
     known = engine.user(user_id)
     found = await store.read(user_id, None, engine.cfg.vector_dim)
     events = [i for i in (found.history or []) if engine.internal(i) is not None]
@@ -221,7 +258,11 @@ async def user(
     }
 
 
-@router.get("/schema", summary="The user features the model takes, and example users")
+@router.get(
+    "/schema",
+    summary="The user features the model takes, and example users",
+    responses=responses(401, 503),
+)
 async def schema(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
     features = []
     for spec in engine.specs:
