@@ -97,7 +97,10 @@ function lineChart(svg, series, opts = {}) {
     opts.yMax !== undefined ? opts.yMax : Math.max(...pts.map((p) => p[1]))];
   if (opts.yMin === undefined && y0 > 0 && y0 < 0.5 * y1) y0 = 0;
   if (x1 === x0) x1 = x0 + 1;
-  if (y1 === y0) { y1 = y0 + (Math.abs(y0) || 1) * 0.1; y0 = y0 - (y1 - y0); }
+  if (y1 === y0) {
+    const pad = (Math.abs(y0) || 1) * 0.1;
+    if (opts.yMin !== undefined) y1 = y0 + (y0 ? pad : 1); else { y1 = y0 + pad; y0 -= pad; }
+  }
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   const fmt = opts.yfmt || ((v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)));
