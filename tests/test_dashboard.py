@@ -44,6 +44,13 @@ def test_exposure_formulas_on_a_known_served_set():
     assert gini(np.array([5, 5, 5])) == 0 and gini(np.array([0, 0, 0, 9])) == pytest.approx(0.75)
 
 
+def test_the_report_table_has_the_columns_of_eval_report_md():
+    from service.routes import ui
+    from training.report import TABLE_KEYS
+
+    assert ui.TABLE_KEYS == TABLE_KEYS
+
+
 def test_quantile_interpolates_like_prometheus():
     # 10 requests in (1 ms, 2 ms], 10 in (2 ms, 3 ms]: median at 2 ms, p99 near 3 ms
     counts = np.zeros(len(LATENCY_BUCKETS) + 1)
