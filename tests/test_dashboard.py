@@ -16,6 +16,7 @@ from live_service import live_service
 
 from service.dashboard import exposure_stats, gini, quantile
 from service.metrics import LATENCY_BUCKETS
+from training import bundle
 
 served_root = support.served_root  # fixture
 
@@ -202,7 +203,24 @@ def test_ui_page_is_public_and_its_data_needs_the_key(served_root):
             assert httpx.get(f"{live.url}/ui/api/{path}").status_code == 401, path
             ok = httpx.get(f"{live.url}/ui/api/{path}", headers={"X-API-Key": "ui-secret"})
             assert ok.status_code == 200, (path, ok.text)
+        model = httpx.get(f"{live.url}/ui/api/model", headers={"X-API-Key": "ui-secret"}).json()
         assert "ui-secret" not in page.text + live.log()
+    # the model panel's numbers are the bundle's
+    current = bundle.resolve(served_root / "current")
+    report = bundle.load_json(current, bundle.REPORT_JSON)
+    manifest = bundle.read_manifest(current)
+    assert model["version"] == manifest["version"] and model["dataset"] == manifest["dataset"]
+    assert model["created_at"] == manifest["created_at"]
+    assert set(model["report"]) == set(report["models"])
+    for name, entry in report["models"].items():
+        assert model["report"][name]["test"]["NDCG@10"] == entry["test"]["NDCG@10"]
+        assert model["report"][name]["valid"]["HR@10"] == entry["valid"]["HR@10"]
+    selected = report["selected"]
+    assert model["history"][selected]["epoch"] == list(
+        range(1, report["models"][selected]["epochs"][0] + 1)
+    )
+    assert model["index"]["kind"] == "flat"
+    assert model["index"]["active"] == manifest["dims"]["items"]
 
 
 def test_item_search_and_user_history(served_root):
