@@ -5,7 +5,11 @@ and of an IVF index probing 1 list of 16 (below 1, also on /metrics as
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,6 +23,7 @@ from service.metrics import LATENCY_BUCKETS
 from training import bundle
 
 served_root = support.served_root  # fixture
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +244,25 @@ def test_item_search_and_user_history(served_root):
     assert u["in_bundle"] and u["features"] == user["features"] and u["events"] == 0
     assert missing.status_code == 404 and "no-such-user" in missing.json()["detail"]
     assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["query", "q"]
+
+
+def test_browser_test_fails_without_chromium_under_ci_skips_elsewhere(served_root, tmp_path):
+    base = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TOWERREC_TEST_ARTIFACTS": str(served_root),  # no training in the inner run
+        "TOWERREC_CHROMIUM": str(tmp_path / "no-chromium"),
+    }
+
+    def run(ci: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+             "tests/test_dashboard_browser.py"],
+            cwd=ROOT, env={**base, "CI": ci}, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    under_ci = run("true")
+    assert under_ci.returncode == 1 and "1 error" in under_ci.stdout, under_ci.stdout[-3000:]
+    assert "no-chromium is missing" in under_ci.stdout
+    local = run("")
+    assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout[-3000:]

@@ -22,7 +22,7 @@ import test_service_support as support
 from dashboard_support import ivf_copy, recommend_users
 from live_service import live_service
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("TOWERREC_CHROMIUM", "/usr/bin/chromium"))  # tests override it
 KEY = "browser-test-key"
 ROOT = Path(__file__).resolve().parents[1]
 
