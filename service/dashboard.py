@@ -196,12 +196,13 @@ class Sampler:
             self._lock_file.close()  # releases the flock: another worker takes over
 
     def _run(self) -> None:
-        self.tick()
-        while not self._stop.wait(self.interval):
+        while True:
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the dashboard never takes a worker down
                 log.exception("dashboard sampler tick failed")
+            if self._stop.wait(self.interval):
+                return
 
     def _try_lead(self) -> bool:
         if self._lead:
