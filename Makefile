@@ -23,7 +23,7 @@ CONFIG ?=
 endif
 TRAIN_CONFIG := $(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: demo test bench lint install redis-server clean
+.PHONY: demo test bench lint install redis-server chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,13 +47,20 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server redis-tools; }
 
+# Installs Debian's chromium when /usr/bin/chromium is missing (root or sudo): the dashboard's
+# browser test drives it with Playwright (whose own browser download is not used).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
 demo: $(VENV)/.installed
 	$(BIN)/python -m training train $(TRAIN_CONFIG) $(TRAIN_DATA) --encoder $(ENCODER) \
 	  --out $(ARTIFACTS) --if-changed --index $(INDEX_KIND)
 	$(BIN)/python -m service examples --bundle $(ARTIFACTS)/current --url http://$(HOST):$(PORT)
 	ARTIFACTS_DIR=$(ARTIFACTS)/current $(BIN)/python -m service serve --host $(HOST) --port $(PORT)
 
-test: install redis-server
+test: install redis-server chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install redis-server

@@ -221,6 +221,13 @@ class ItemIndex:
         ids, scores = self.search(self.vectors([internal]), k, exclude=[{internal}])
         return ids[0], scores[0]
 
+    def exact(self, user_vector: np.ndarray, k: int, exclude: Iterable[int] = ()) -> Row:
+        """The exact top-``k`` of one query, by a scan of every active vector, without
+        ``exclude`` (ids, scores): what an ANN answer is checked against (the live recall
+        of service.dashboard)."""
+        (q,) = self._queries(user_vector)
+        return self._exact(q, k, as_array(set(exclude)))
+
     def _queries(self, user_vectors: np.ndarray) -> np.ndarray:
         q = np.atleast_2d(np.asarray(user_vectors, dtype=np.float32))
         if q.ndim != 2 or q.shape[1] != self.dim:

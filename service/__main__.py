@@ -116,8 +116,10 @@ def examples(
     bundle: Path = typer.Option(Path("artifacts/current"), help="Bundle, root or `current`."),
     url: str = typer.Option("http://127.0.0.1:8000", help="Where the service listens."),
 ) -> None:
-    """Print curl commands for the main endpoints, with real ids from the bundle."""
+    """Print the dashboard URL and curl commands for the main endpoints, with real ids
+    from the bundle."""
     typer.echo(f"# towerrec examples for {url} (bundle {bundle})")
+    typer.echo(f"# dashboard (open in a browser): {url.rstrip('/')}/ui")
     for line in example_commands(bundle, url, api_key=bool(os.environ.get("API_KEY"))):
         typer.echo(line)
 

@@ -16,7 +16,7 @@ from service.core import errors
 from service.core.config import Settings
 from service.core.security import BodyGuardMiddleware, require_api_key
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import admin, docs, events, health, item_writes, items, recommend
+from service.routes import admin, docs, events, health, item_writes, items, recommend, ui
 from service.runtime import Runtime
 from service.schemas import declare_limits
 
@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, dependencies=protected)
     app.include_router(admin.router)
     app.include_router(item_writes.router)  # the item API: admin key (as /admin)
+    app.include_router(ui.public)  # the dashboard page: no data, asks for the key
+    app.include_router(ui.router, dependencies=protected)
     app.include_router(docs.build_router([] if settings.public_docs else protected))
 
     app.add_middleware(BodyGuardMiddleware, limit=settings.max_body_bytes)

@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request
 
 from service.batcher import Batcher
 from service.core.config import Settings
+from service.dashboard import Dashboard
 from service.engine import Engine
 from service.metrics import Metrics
 from service.runtime import Runtime
@@ -63,6 +64,7 @@ class Serving:
     batcher: Batcher
     settings: Settings
     metrics: Metrics
+    dashboard: Dashboard | None = None  # records answers for /ui (exposure, ANN recall)
 
 
 async def get_serving(request: Request) -> Serving:
@@ -70,7 +72,12 @@ async def get_serving(request: Request) -> Serving:
     a measurable share of a cache hit (docs/BENCHMARKS.md, "Load")."""
     runtime: Runtime = request.app.state.runtime
     return Serving(
-        await get_engine(runtime), runtime.store, runtime.batcher, runtime.settings, runtime.metrics
+        await get_engine(runtime),
+        runtime.store,
+        runtime.batcher,
+        runtime.settings,
+        runtime.metrics,
+        runtime.dashboard,
     )
 
 

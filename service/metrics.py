@@ -151,6 +151,35 @@ class Metrics:
             ["strategy"],
             registry=r,
         )
+        # live ANN recall (service.dashboard.RecallChecker): sampled searches re-run exactly
+        self.ann_recall_checks = Counter(
+            "towerrec_ann_recall_checks_total",
+            "Sampled /recommend index searches re-run exactly (ANN_RECALL_SAMPLE)",
+            registry=r,
+        )
+        self.ann_recall_found = Counter(
+            "towerrec_ann_recall_found_total",
+            "Items of the exact top-k that the index also returned, over the checks",
+            registry=r,
+        )
+        self.ann_recall_relevant = Counter(
+            "towerrec_ann_recall_relevant_total",
+            "Items of the exact top-k (k per check), over the checks",
+            registry=r,
+        )
+        self.ann_recall_dropped = Counter(
+            "towerrec_ann_recall_dropped_total",
+            "Sampled searches not checked because the check queue was full",
+            registry=r,
+        )
+        self.ann_recall = Gauge(
+            "towerrec_ann_recall",
+            "Recall@k of the served index: found / relevant over the dashboard's series "
+            "window (UI_HISTORY_S); absent until a search was checked",
+            ["index"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
         # labelled children, looked up once per label set (labels() costs microseconds)
         self._http: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}

@@ -221,9 +221,10 @@ async def encode_misses(plans: list[Plan], engine: Engine, batcher: Batcher, sto
         await asyncio.gather(*saves)
 
 
-def answer(plans: list[Plan], engine: Engine, metrics: Metrics) -> list[str]:
+def answer(plans: list[Plan], engine: Engine, metrics: Metrics, dashboard=None) -> list[str]:
     """Search every plan with a vector (one index search), rank the others by popularity,
-    and render each RecommendResponse body."""
+    and render each RecommendResponse body; each answer is shown to ``dashboard``
+    (service.dashboard: exposure, sampled recall checks)."""
     searched = [p for p in plans if p.vector is not None]
     jobs = [Job(p.vector, p.k, p.exclude, p.allowed) for p in searched]
     found = {}
@@ -236,6 +237,8 @@ def answer(plans: list[Plan], engine: Engine, metrics: Metrics) -> list[str]:
         metrics.count_strategy(p.strategy)
         metrics.count_cache(p.cache)
         ids, scores = found.get(id(p)) or (engine.popular(p.k, p.exclude, p.allowed), None)
+        if dashboard is not None:
+            dashboard.served(engine, p, ids, scores)
         if len(ids) < p.k:
             p.warnings.append(f"only {len(ids)} items left after exclusions and filter (k={p.k})")
         out.append(
@@ -275,4 +278,4 @@ async def recommend(
     else:
         await asyncio.gather(*(lookup(p, engine, store) for p in plans))
     await encode_misses(plans, engine, serving.batcher, store)
-    return answer(plans, engine, serving.metrics)
+    return answer(plans, engine, serving.metrics, serving.dashboard)

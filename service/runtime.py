@@ -20,6 +20,7 @@ import torch
 from index.store import gc_paused
 from service.batcher import Batcher
 from service.core.config import Settings
+from service.dashboard import Dashboard
 from service.engine import Engine, bundle_stamp
 from service.metrics import Metrics
 from service.schemas import Readiness
@@ -53,6 +54,9 @@ class Runtime:
             torch_threads=settings.torch_threads,
             faiss_threads=settings.faiss_threads,
         )
+        self.dashboard = Dashboard(
+            settings, metrics, lambda: self.engine.index.kind if self.engine else None
+        )
         self._reload_lock = asyncio.Lock()
         self.item_write_lock = asyncio.Lock()  # one writer thread per worker (item API)
         self._failed_stamp: tuple | None = None
@@ -67,6 +71,7 @@ class Runtime:
         torch.set_num_threads(self.settings.torch_threads)
         faiss.omp_set_num_threads(self.settings.faiss_threads)
         self.batcher.start()
+        self.dashboard.start()
         try:
             await self.reload(force=True)
         except ReloadError as e:
@@ -88,6 +93,7 @@ class Runtime:
             except asyncio.CancelledError:
                 pass
         await self.batcher.stop()
+        await asyncio.to_thread(self.dashboard.stop)
         await self.store.close()
 
     # --- reloads ------------------------------------------------------------------------

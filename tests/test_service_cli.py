@@ -83,6 +83,7 @@ async def test_examples_print_runnable_requests_with_real_ids(served_root):
     ).stdout
     commands = [shlex.split(line) for line in out.splitlines() if line.startswith("curl")]
     assert len(commands) == 5, out
+    assert "# dashboard (open in a browser): http://127.0.0.1:9/ui" in out.splitlines(), out
     item_ids = {it["id"] for it in cat["items"]}
     user_ids = {u["id"] for u in cat["users"]}
     seen_paths = []
@@ -105,6 +106,8 @@ async def test_examples_print_runnable_requests_with_real_ids(served_root):
                 assert body["user_id"] in user_ids and r.json()["strategy"] == "id"
             if body and "item_id" in body:
                 assert body["item_id"] in item_ids
+        page = await client.get("/ui")  # the printed dashboard URL serves the page
+        assert page.status_code == 200 and "towerrec dashboard" in page.text
     assert "/similar-items" in seen_paths
 
 

@@ -282,6 +282,8 @@ def write(
         "peak_memory_mb": peak_memory_mb(),
         "models": models,
         "skipped_baselines": skipped,
+        # per-epoch numbers of the curve PNG, for plots that are not a picture (/ui)
+        "history": {name: asdict(h) for name, h in histories.items()},
     }
     summary = {
         k: models[selected][stage][k] for stage in ("valid", "test") for k in ("HR@10", "NDCG@10")

@@ -112,6 +112,24 @@ class Settings(BaseSettings):
         False, description="Serve /docs and /openapi.json without the API key."
     )
 
+    # --- dashboard (/ui) ------------------------------------------------------------
+    ui_sample_s: float = Field(
+        2.0, gt=0, description="The dashboard samples this replica's metrics this often."
+    )
+    ui_history_s: float = Field(
+        600.0, gt=0, description="Seconds of metrics the dashboard keeps (its time series)."
+    )
+    exposure_answers: int = Field(
+        1000, ge=1, description="The exposure panel covers this many last answers per worker."
+    )
+    ann_recall_sample: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of /recommend index searches re-run exactly in the background "
+        "to measure the index's recall (towerrec_ann_recall); 0 = off.",
+    )
+
     log_level: str = Field("info", description="Log level of the service loggers.")
 
     @field_validator("redis_url", "api_key", "admin_api_key", mode="before")
