@@ -19,6 +19,11 @@ amazon-sports together (docs/BENCHMARKS.md "Quality" lists the runs). What it re
 - **members**: a second ensemble member costs as much as the first for about +0.005
   NDCG@10 (ML-100K); it is trained only when one member's budget is cheap, at most
   ``ENSEMBLE_MAX_WORK`` scored (position, candidate) pairs.
+- **item_id_dropout**: embedding a share of the items from their features alone teaches
+  the item tower to place a new (cold) item from its features. A catalog without item
+  features has nothing to place it by: every dropped item becomes the same vector, so
+  the share only turns that many targets and inputs into noise. It is
+  ``ITEM_ID_DROPOUT`` with item features, 0 without (amazon-beauty / -sports have none).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 POSITION_PASSES = 5_000_000
 MIN_EPOCHS, MAX_EPOCHS = 2, 200
 ENSEMBLE_MAX_WORK = 10e9
+ITEM_ID_DROPOUT = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class DataShape:
     n_interactions: int
     positions: int  # interactions minus each evaluated user's validation and test item
     median_history: float  # median training items per user with any
+    item_features: bool = False  # the catalog has item feature columns
 
     @classmethod
     def of(cls, ds: Dataset) -> DataShape:
@@ -63,6 +70,7 @@ class DataShape:
             n_interactions=int(len(ds.users)),
             positions=int(train.sum()),
             median_history=float(np.median(train[train > 0])) if (train > 0).any() else 0.0,
+            item_features=bool(ds.item_columns),
         )
 
 
@@ -78,10 +86,12 @@ def derive(shape: DataShape, uniform_negatives: int = 2048) -> dict[str, object]
         "epochs": epochs,
         "patience": max(3, math.ceil(epochs / 10)),
         "members": 2 if work <= ENSEMBLE_MAX_WORK else 1,
+        "item_id_dropout": ITEM_ID_DROPOUT if shape.item_features else 0.0,
     }
 
 
-RUN_FIELDS, TRAIN_FIELDS = ("members",), ("loss", "epochs", "patience")
+RUN_FIELDS = ("members",)
+TRAIN_FIELDS = ("loss", "epochs", "patience", "item_id_dropout")
 
 
 def resolve(cfg: RunConfig, shape: DataShape) -> RunConfig:
