@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,19 +14,27 @@ from training.pipeline import RunConfig
 from training.train import TrainConfig
 
 
-def shape(users: int, items: int, per_user: float, median: float) -> DataShape:
+def shape(
+    users: int, items: int, per_user: float, median: float, item_features: bool = False
+) -> DataShape:
     interactions = int(users * per_user)
-    return DataShape(users, items, interactions, interactions - 2 * users, median)
+    return DataShape(users, items, interactions, interactions - 2 * users, median, item_features)
 
 
-ML100K = shape(943, 1682, 106, 60)  # few users, long histories, small catalog
-BEAUTY = shape(22_363, 12_101, 8.9, 4)  # many users, short histories, 12k items
+ML100K = shape(943, 1682, 106, 60, item_features=True)  # few users, long histories, genres
+BEAUTY = shape(22_363, 12_101, 8.9, 4)  # many users, short histories, 12k items, no features
 ML20M = shape(138_000, 27_000, 145, 66)  # a big log
 
 
 def test_a_small_catalog_with_long_histories_gets_the_full_softmax_and_an_ensemble():
     got = derive(ML100K)
-    assert got == {"loss": "full", "epochs": 51, "patience": 6, "members": 2}
+    assert got == {
+        "loss": "full",
+        "epochs": 51,
+        "patience": 6,
+        "members": 2,
+        "item_id_dropout": defaults.ITEM_ID_DROPOUT,
+    }
 
 
 def test_a_large_catalog_gets_the_sampled_softmax_and_a_single_tower():
@@ -48,6 +58,12 @@ def test_the_epoch_budget_shrinks_as_the_log_grows():
     assert epochs[1] == pytest.approx(epochs[0] / 10, abs=1)  # passes x positions fixed
 
 
+def test_item_id_dropout_only_where_item_features_can_stand_in_for_the_id():
+    assert derive(BEAUTY)["item_id_dropout"] == 0.0
+    assert derive(ML100K)["item_id_dropout"] == defaults.ITEM_ID_DROPOUT > 0
+    assert derive(replace(BEAUTY, item_features=True))["item_id_dropout"] > 0
+
+
 def test_shape_counts_training_positions_as_leave_one_out_leaves_them():
     users = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])  # 4, 2 and 3 interactions
     ds = Dataset(
@@ -61,11 +77,12 @@ def test_shape_counts_training_positions_as_leave_one_out_leaves_them():
     got = DataShape.of(ds)
     # user 1 (2 interactions) is not evaluated and keeps both for training
     assert (got.positions, got.median_history, got.n_interactions) == (2 + 2 + 1, 2.0, 9)
+    assert got.item_features is False
 
 
 def test_resolve_fills_only_what_the_user_left_unset_and_says_what_it_derived():
     cfg = RunConfig(members=3, train=TrainConfig(epochs=7, loss="full"))
     got = resolve(cfg, BEAUTY)
     assert (got.members, got.train.epochs, got.train.loss) == (3, 7, "full")
-    assert got.derived == {"patience": 4} and got.train.patience == 4
+    assert got.derived == {"patience": 4, "item_id_dropout": 0.0} and got.train.patience == 4
     assert resolve(got, BEAUTY) == got  # idempotent

@@ -42,7 +42,9 @@ class TrainConfig:
     loss: str = "auto"  # auto (derived from the catalog size) | full | sampled
     uniform_negatives: int = 2048
     branch_dropout: float = 0.15  # per user: hide features (or sequence) with this probability
-    item_id_dropout: float = 0.05  # per step: embed this share of items from features alone
+    # per step: embed this share of items from features alone; None: derived (0 without
+    # item features, training/defaults.py)
+    item_id_dropout: float | None = None
     label_smoothing: float = 0.0
     mask_seen: bool = True  # drop the user's earlier items from each softmax, as evaluation does
     features_loss: float = 0.0  # weight of the cold-user loss: features alone predict the window
@@ -260,8 +262,10 @@ class Trainer:
         user_feats: dict[str, torch.Tensor],
         cfg: TrainConfig,
     ):
-        if cfg.epochs is None or cfg.patience is None:
-            raise ValueError("epochs and patience must be set (training.defaults.resolve)")
+        if cfg.epochs is None or cfg.patience is None or cfg.item_id_dropout is None:
+            raise ValueError(
+                "epochs, patience and item_id_dropout must be set (training.defaults.resolve)"
+            )
         self.model, self.split, self.cfg = model, split, cfg
         counts = np.bincount(np.concatenate(split.train), minlength=model.cfg.n_items) + 1.0
         item_freq = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
