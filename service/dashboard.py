@@ -377,7 +377,7 @@ def popularity_counts(engine) -> np.ndarray:
     last ``max_len`` items of every training user), cached on the engine."""
     counts = getattr(engine, "_ui_popularity", None)
     if counts is None:
-        histories = [h for _, _, h in engine.users.values()]
+        histories = [engine.user(u)[2] for u in engine.users]  # internal ids
         flat = np.fromiter((i for h in histories for i in h), dtype=np.int64)
         counts = np.bincount(flat, minlength=engine.n_items).astype(np.float64)
         engine._ui_popularity = counts

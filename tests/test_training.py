@@ -360,7 +360,7 @@ def test_label_smoothing_and_features_loss_through_the_cli(tmp_path):
     assert train_cfg["mask_seen"] is False
     # what the command line left unset was derived from the data, and says so
     config = bundle.read_manifest(bundle.resolve(tmp_path))["config"]
-    assert config["derived"] == {"loss": "full"}
+    assert config["derived"] == {"loss": "full", "item_id_dropout": 0.05}
     assert train_cfg["loss"] == "full" and train_cfg["epochs"] == 40
     models = bundle.load_json(tmp_path, bundle.REPORT_JSON)["models"]
     pop = models["popularity"]["test"]["NDCG@10"]
