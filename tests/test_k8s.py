@@ -6,6 +6,7 @@ kustomization is rendered here from its ``resources`` list (and compared with
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -153,6 +154,75 @@ def test_docs_and_readme_name_every_manifest():
         assert f"`{obj['kind']}`" in section, f"docs/DEPLOYMENT.md does not mention {obj['kind']}"
     readme = (ROOT / "README.md").read_text()
     assert "kubectl apply -k deploy/k8s" in readme and "docker compose up" in readme
+
+
+ITEM_API = ROOT / "deploy" / "overlays" / "item-api"
+
+
+def pointer(doc: dict, path: str) -> tuple[dict | list, str | int]:
+    """The parent and key of a JSON pointer (RFC 6901) in ``doc``."""
+    *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+    for part in parents:
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    return doc, int(last) if isinstance(doc, list) else last
+
+
+def render_overlay(directory: Path) -> list[dict]:
+    """An overlay of the base: its ``resources`` (the base) with its JSON 6902 ``patches``
+    applied; the ``test`` and ``replace`` operations are all it uses."""
+    k = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert set(k) <= KUSTOMIZE_KEYS | {"patches"}, set(k)
+    assert [(directory / r).resolve() for r in k["resources"]] == [K8S.resolve()]
+    objects = copy.deepcopy(OBJECTS)
+    for patch in k["patches"]:
+        target = patch["target"]
+        (obj,) = [
+            o
+            for o in objects
+            if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]
+        ]
+        for op in yaml.safe_load(patch["patch"]):
+            parent, key = pointer(obj, op["path"])
+            if op["op"] == "test":
+                assert parent[key] == op["value"], f"{op['path']} is {parent[key]!r}"
+            else:
+                assert op["op"] == "replace", op
+                parent[key]  # replace needs an existing member: KeyError / IndexError if not
+                parent[key] = op["value"]
+    return objects
+
+
+def test_item_api_overlay_only_makes_the_bundle_writable_in_the_api_pods():
+    """The base mounts the bundle read-only (the item API answers 409 there); the
+    documented overlay changes exactly that mount and still validates."""
+    objects = render_overlay(ITEM_API)
+    api_pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in container(api_pod, "api")["volumeMounts"]}
+    artifacts = Path(api_env()["ARTIFACTS_DIR"]["value"]).parent.as_posix()
+    assert mounts[artifacts]["readOnly"] is False
+    changed = [(a, b) for a, b in zip(OBJECTS, objects, strict=True) if a != b]
+    assert len(changed) == 1 and changed[0][0]["kind"] == "Deployment"
+    base_api = copy.deepcopy(API)
+    for mount in base_api["volumeMounts"]:
+        if mount["mountPath"] == artifacts:
+            mount["readOnly"] = False
+    assert container(api_pod, "api") == base_api
+    for version in KUBERNETES_VERSIONS:
+        for obj in objects:
+            kubernetes_validate.validate(obj, version, strict=True)
+    deployment = (ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    assert "kubectl apply -k deploy/overlays/item-api" in deployment
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_overlay_render_matches_kubectl_kustomize():
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ITEM_API)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    expected = render_overlay(ITEM_API)
+    assert sorted(yaml.safe_load_all(out.stdout), key=key) == sorted(expected, key=key)
 
 
 # -- the API against the image and the service --------------------------------------
