@@ -34,6 +34,7 @@ def test_a_small_catalog_with_long_histories_gets_the_full_softmax_and_an_ensemb
         "patience": 6,
         "members": 2,
         "item_id_dropout": defaults.ITEM_ID_DROPOUT,
+        "refit_epochs": defaults.REFIT_EPOCHS,
     }
 
 
@@ -84,5 +85,10 @@ def test_resolve_fills_only_what_the_user_left_unset_and_says_what_it_derived():
     cfg = RunConfig(members=3, train=TrainConfig(epochs=7, loss="full"))
     got = resolve(cfg, BEAUTY)
     assert (got.members, got.train.epochs, got.train.loss) == (3, 7, "full")
-    assert got.derived == {"patience": 4, "item_id_dropout": 0.0} and got.train.patience == 4
+    assert got.derived == {
+        "patience": 4,
+        "item_id_dropout": 0.0,
+        "refit_epochs": defaults.REFIT_EPOCHS,
+    }
+    assert got.train.patience == 4
     assert resolve(got, BEAUTY) == got  # idempotent

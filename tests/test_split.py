@@ -6,7 +6,7 @@ import numpy as np
 
 from training.data.base import Dataset
 from training.data.synthetic import generate
-from training.split import leave_one_out
+from training.split import leave_one_out, shift_back
 
 
 def dataset(users, items, timestamps, n_users=None, n_items=10) -> Dataset:
@@ -54,3 +54,18 @@ def test_no_leakage_on_synthetic_data():
         assert split.test[u] == ds.items[last]
     total = sum(len(t) for t in split.train) + (split.valid >= 0).sum() + (split.test >= 0).sum()
     assert total == len(ds.users)
+
+
+def test_shift_back_moves_every_target_one_item_earlier():
+    # user 0: five items; user 1: one training item; user 2: too short to be evaluated
+    ds = dataset([0] * 5 + [1] * 3 + [2] * 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 0], list(range(10)))
+    split = leave_one_out(ds)
+    shifted = shift_back(split)
+    assert shifted.train[0].tolist() == [1, 2] and shifted.valid[0] == 3 and shifted.test[0] == 4
+    # predicting the stand-in test item sees exactly the real training items
+    assert shifted.history("test")[0].tolist() == split.train[0].tolist() == [1, 2, 3]
+    assert shifted.train[1].tolist() == [6] and shifted.valid[1] == shifted.test[1] == -1
+    assert shifted.train[2].tolist() == [9, 0] and shifted.valid[2] == shifted.test[2] == -1
+    # the real test items are nowhere in it
+    seen = np.concatenate([*shifted.history("test"), shifted.valid, shifted.test])
+    assert 5 not in seen and 8 not in seen

@@ -360,7 +360,7 @@ def test_label_smoothing_and_features_loss_through_the_cli(tmp_path):
     assert train_cfg["mask_seen"] is False
     # what the command line left unset was derived from the data, and says so
     config = bundle.read_manifest(bundle.resolve(tmp_path))["config"]
-    assert config["derived"] == {"loss": "full", "item_id_dropout": 0.05}
+    assert config["derived"] == {"loss": "full", "item_id_dropout": 0.05, "refit_epochs": 2}
     assert train_cfg["loss"] == "full" and train_cfg["epochs"] == 40
     models = bundle.load_json(tmp_path, bundle.REPORT_JSON)["models"]
     pop = models["popularity"]["test"]["NDCG@10"]
@@ -422,3 +422,30 @@ def test_the_loss_over_real_positions_is_the_padded_batchs_loss_computed_the_old
             logits.reshape(-1, model.cfg.n_items), targets.reshape(-1), ignore_index=-1
         )
     assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_refit_serves_towers_that_also_learned_the_validation_items(tmp_path):
+    """--refit-epochs N: validation is scored by the early-stopped towers (identical to a
+    run without refit), test and the bundle by the towers refit on train + validation."""
+    from training.data import load_dataset
+    from training.metrics import evaluate
+    from training.pipeline import Run, RunConfig
+    from training.scoring import TowerScorer
+
+    small = ["--dataset", "synthetic", "--epochs", "6", "--patience", "6", "--dim", "16"]
+    small += ["--max-len", "10", "--members", "1", "--no-baselines", "--no-progress"]
+    reports = {}
+    for n in (0, 2):
+        result = train_cli(tmp_path / str(n), *small, "--refit-epochs", str(n))
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[n] = bundle.load_json(tmp_path / str(n), bundle.REPORT_JSON)["models"]["sasrec"]
+    assert reports[2]["refit_epochs"] == 2 and reports[0]["refit_epochs"] == 0
+    assert reports[2]["valid"] == reports[0]["valid"]
+    assert reports[2]["test"]["NDCG@10"] != reports[0]["test"]["NDCG@10"]
+    # the bundle holds the towers whose test row the report shows
+    run = Run(load_dataset("synthetic"), RunConfig())
+    for n in (0, 2):
+        served = bundle.load_towers(tmp_path / str(n))
+        scorer = TowerScorer(served, run.item_feats, run.user_feats, "combined")
+        got = evaluate(scorer, run.split, "test")["full"]["NDCG@10"]
+        assert got == pytest.approx(reports[n]["test"]["NDCG@10"], abs=1e-6)

@@ -75,6 +75,15 @@ def train(
             "epoch budget.",
         ),
     ] = None,
+    refit_epochs: Annotated[
+        int,
+        Opt(
+            min=0,
+            help="After early stopping, train the kept towers this many epochs more on "
+            "train + validation (what the baselines are refit on before test); the served "
+            "towers are these. 0 = off. Default: derived.",
+        ),
+    ] = None,
     label_smoothing: Annotated[
         float, Opt(min=0.0, max=0.5, help="Label smoothing of the softmax loss.")
     ] = None,

@@ -59,6 +59,7 @@ POSITION_PASSES = 5_000_000
 MIN_EPOCHS, MAX_EPOCHS = 2, 200
 ENSEMBLE_MAX_WORK = 10e9
 ITEM_ID_DROPOUT = 0.05
+REFIT_EPOCHS = 2
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,12 @@ def derive(shape: DataShape, uniform_negatives: int = 2048) -> dict[str, object]
         "patience": max(3, math.ceil(epochs / 10)),
         "members": 2 if work <= ENSEMBLE_MAX_WORK else 1,
         "item_id_dropout": ITEM_ID_DROPOUT if shape.item_features else 0.0,
+        "refit_epochs": REFIT_EPOCHS,
     }
 
 
 RUN_FIELDS = ("members",)
-TRAIN_FIELDS = ("loss", "epochs", "patience", "item_id_dropout")
+TRAIN_FIELDS = ("loss", "epochs", "patience", "item_id_dropout", "refit_epochs")
 
 
 def resolve(cfg: RunConfig, shape: DataShape) -> RunConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -119,12 +120,11 @@ class Run:
         model.train()
         return metrics
 
-    def train(
-        self, encoder: str, checkpoint: Path | None, progress: bool
-    ) -> tuple[TwoTower, list[History], float]:
+    def train(self, encoder: str, checkpoint: Path | None, progress: bool) -> Trained:
         """Train ``members`` towers (seeds seed, seed+1, ...), each with early stopping on
-        its own validation NDCG; more than one are served as their ensemble."""
-        members, histories, start = [], [], time.perf_counter()
+        its own validation NDCG, then refit each on train + validation (``refit_epochs``);
+        more than one are served as their ensemble."""
+        validated, refit, histories, start = [], [], [], time.perf_counter()
         for m in range(self.cfg.members):
             train_cfg = replace(self.cfg.train, seed=self.cfg.train.seed + m)
             torch.manual_seed(train_cfg.seed)
@@ -132,14 +132,40 @@ class Run:
             trainer = Trainer(model, self.split, self.item_feats, self.user_feats, train_cfg)
             ckpt = checkpoint.with_stem(f"{checkpoint.stem}-{m}") if checkpoint else None
             histories.append(trainer.fit(self.valid_metrics, progress=progress, checkpoint=ckpt))
-            members.append(model)
-        return TwoTower.ensemble(members).eval(), histories, time.perf_counter() - start
+            validated.append(copy.deepcopy(model))
+            if train_cfg.refit_epochs:
+                trainer.refit(self.split.history("test"), train_cfg.refit_epochs, progress=progress)
+            refit.append(model)
+        return Trained(
+            validated=TwoTower.ensemble(validated).eval(),
+            served=TwoTower.ensemble(refit).eval(),
+            histories=histories,
+            seconds=time.perf_counter() - start,
+        )
 
-    def report_entry(self, model: TwoTower, mode: str = "combined") -> dict:
-        scorer = self.scorer(model, mode)
-        valid = evaluate(scorer, self.split, "valid")["full"]
-        test = evaluate(scorer, self.split, "test", sampled=True, seed=self.cfg.train.seed)
+    def report_entry(self, trained: Trained, mode: str = "combined") -> dict:
+        """Validation metrics of the early-stopped towers, test metrics of the served
+        (refit) ones: each is scored by the model that has not seen its targets."""
+        valid = evaluate(self.scorer(trained.validated, mode), self.split, "valid")["full"]
+        test = evaluate(
+            self.scorer(trained.served, mode),
+            self.split,
+            "test",
+            sampled=True,
+            seed=self.cfg.train.seed,
+        )
         return {"valid": valid, "test": test["full"], "sampled100": test["sampled100"]}
+
+
+@dataclass
+class Trained:
+    """One encoder's towers: as early stopping kept them (they score validation) and as
+    served, after the refit on train + validation (they score test)."""
+
+    validated: TwoTower
+    served: TwoTower
+    histories: list[History]
+    seconds: float
 
 
 def catalog(ds: Dataset) -> list[dict]:
@@ -231,26 +257,26 @@ def run(
             if checkpoint_dir
             else None
         )
-        model, member_histories, seconds = r.train(encoder, ckpt, progress)
-        trained[encoder] = model
-        for m, history in enumerate(member_histories):
-            histories[encoder if len(member_histories) == 1 else f"{encoder} #{m + 1}"] = history
-        models[encoder] = r.report_entry(model) | {
-            "train_seconds": seconds,
-            "epochs": [len(h.epoch) for h in member_histories],
+        trained[encoder] = result = r.train(encoder, ckpt, progress)
+        for m, history in enumerate(result.histories):
+            histories[encoder if len(result.histories) == 1 else f"{encoder} #{m + 1}"] = history
+        models[encoder] = r.report_entry(result) | {
+            "train_seconds": result.seconds,
+            "epochs": [len(h.epoch) for h in result.histories],
+            "refit_epochs": cfg.train.refit_epochs,
         }
         log.info(
             "%s: valid NDCG@10 %.4f, test NDCG@10 %.4f (%.0f s)",
             encoder,
             models[encoder]["valid"]["NDCG@10"],
             models[encoder]["test"]["NDCG@10"],
-            seconds,
+            result.seconds,
         )
     selected = max(trained, key=lambda e: models[e]["valid"]["NDCG@10"])
-    best = trained[selected]
+    best = trained[selected].served
     if best.user_tower.features is not None and best.user_tower.encoder is not None:
         for mode in ("features-only", "sequence-only"):
-            models[mode] = r.report_entry(best, mode)
+            models[mode] = r.report_entry(trained[selected], mode)
     if cfg.baselines:
         baselines, skipped = run_baselines(r.split, seed=cfg.train.seed)
         models |= baselines

@@ -23,6 +23,9 @@ def markdown(report: dict) -> str:
         f"{report['n_users']} users, {report['n_items']} items, {report['n_interactions']} "
         "interactions. Protocol: leave-one-out by time (last item = test, second-last = "
         "validation), full ranking over the whole catalog with the user's items excluded.",
+        "Validation rows score the towers as early stopping kept them; test rows score the "
+        f"served towers, trained {models[report['selected']].get('refit_epochs') or 0} more "
+        "epoch(s) on train + validation, as the baselines are refit on both before test.",
         "",
         "## Test (full ranking)",
         "",

@@ -62,3 +62,20 @@ def leave_one_out(ds: Dataset) -> Split:
     train_bounds = np.cumsum(np.where(evaluated, lengths - 2, lengths))[:-1]
     train = np.split(items[keep], train_bounds) if ds.n_users else []
     return Split(n_items=ds.n_items, train=train, valid=valid, test=test)
+
+
+def shift_back(split: Split) -> Split:
+    """``split`` one item earlier: each evaluated user's last training item becomes the
+    validation target and the validation item the test target. Choosing a setting by its
+    "test" score here chooses it on validation data only (the real test items are not in
+    it); used to choose how long to refit on train + validation (``Trainer.refit``).
+    Users with fewer than two training items are not evaluated."""
+    ok = (split.valid >= 0) & np.array([len(s) >= 2 for s in split.train], dtype=bool)
+    train = [s[:-1] if keep else s for s, keep in zip(split.train, ok, strict=True)]
+    last = np.array([s[-1] if keep else -1 for s, keep in zip(split.train, ok, strict=True)])
+    return Split(
+        n_items=split.n_items,
+        train=train,
+        valid=last.astype(np.int64),
+        test=np.where(ok, split.valid, -1),
+    )

@@ -49,6 +49,8 @@ class TrainConfig:
     mask_seen: bool = True  # drop the user's earlier items from each softmax, as evaluation does
     features_loss: float = 0.0  # weight of the cold-user loss: features alone predict the window
     patience: int | None = None  # epochs without validation gain before stopping; None: derived
+    # epochs on train + validation after early stopping (Trainer.refit); None: derived
+    refit_epochs: int | None = None
     ema: float = 0.99  # > 0: validate and keep an exponential moving average of the weights
     seed: int = 0
 
@@ -262,10 +264,13 @@ class Trainer:
         user_feats: dict[str, torch.Tensor],
         cfg: TrainConfig,
     ):
-        if cfg.epochs is None or cfg.patience is None or cfg.item_id_dropout is None:
-            raise ValueError(
-                "epochs, patience and item_id_dropout must be set (training.defaults.resolve)"
-            )
+        unset = [
+            k
+            for k in ("epochs", "patience", "item_id_dropout", "refit_epochs")
+            if getattr(cfg, k) is None
+        ]
+        if unset:
+            raise ValueError(f"{', '.join(unset)} must be set (training.defaults.resolve)")
         self.model, self.split, self.cfg = model, split, cfg
         counts = np.bincount(np.concatenate(split.train), minlength=model.cfg.n_items) + 1.0
         item_freq = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
@@ -360,6 +365,34 @@ class Trainer:
         if best_state is not None:
             self.model.load_state_dict(best_state)
         return history
+
+    def refit(
+        self,
+        sequences: list[np.ndarray],
+        epochs: int,
+        *,
+        progress: bool = True,
+        after_epoch: Callable[[int, TwoTower], None] | None = None,
+    ) -> None:
+        """Continue training the kept weights for ``epochs`` epochs on ``sequences``: each
+        user's training items plus their validation item. Early stopping used that item
+        to choose the weights, so the tower never learned from the newest interaction of
+        any user, while the baselines are refit with it before test; this step gives the
+        tower the same data. Nothing is validated here (the validation items are now
+        training data): the number of epochs is chosen beforehand on a split shifted one
+        item back (``shift_back``, bench/refit15.py)."""
+        self.batcher = Batcher(sequences, self.model.cfg.max_len, self.cfg.seed + 1)
+        users = self.shard(np.array([u for u, s in enumerate(sequences) if len(s) > 0]))
+        if self.average is not None:  # average from the kept weights, not the last epoch's
+            self.average = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema)
+            )
+        for epoch in tqdm(range(epochs), desc="refit", disable=not progress):
+            loss = self.train_epoch(users)
+            log.info("refit epoch %d/%d on train + validation: loss %.4f", epoch + 1, epochs, loss)
+            if after_epoch is not None:  # bench/refit15.py scores each epoch's weights
+                after_epoch(epoch + 1, self.evaluated)
+        self.model.load_state_dict(self.evaluated.state_dict())
 
     def shard(self, users: np.ndarray) -> np.ndarray:
         if not self.ddp:
