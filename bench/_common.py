@@ -11,6 +11,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # never copied into the project (licences)
+
+
+def shared_dataset(name: str):
+    """(loader kind, Dataset) of one of ../shared/data's sets: MovieLens-100K in its own
+    files, the others in the generic layout."""
+    from training.data import load_dataset
+
+    kind = "ml-100k" if name == "ml-100k" else "generic"
+    return kind, load_dataset(kind, str(SHARED_DATA / name))
 
 
 def machine() -> str:

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench._common import ROOT, machine, write_section
+from bench._common import SHARED_DATA as DATA
 
-DATA = ROOT.parent / "shared" / "data"
 DATASETS = ("ml-100k", "amazon-beauty", "amazon-sports")
 MODES = ("features-only", "sequence-only")
 # the targets: test HR@10 / NDCG@10 floors and minutes of wall time

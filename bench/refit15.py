@@ -24,15 +24,13 @@ from pathlib import Path
 
 import torch
 
+from bench._common import shared_dataset
 from training.baselines import MarkovChain
-from training.data import load_dataset
 from training.metrics import evaluate
 from training.model import TwoTower
 from training.pipeline import Run, RunConfig
 from training.split import shift_back
 from training.train import Trainer, early_stopping_split
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:
@@ -44,8 +42,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/refit15.jsonl"))
     a = p.parse_args()
     torch.set_num_threads(1)
-    kind = "ml-100k" if a.dataset == "ml-100k" else "generic"
-    ds = load_dataset(kind, str(DATA / a.dataset))
+    kind, ds = shared_dataset(a.dataset)
     r = Run(ds, RunConfig(dataset=kind, threads=1, members=1))
     shifted = shift_back(r.split)
     early = early_stopping_split(shifted)

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-from training.data import load_dataset
+from bench._common import shared_dataset
 from training.model import TwoTower
 from training.pipeline import Run, RunConfig
 from training.train import TrainConfig, Trainer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # the settings before issue 15's part 1 (dropout 0.3, item-id dropout 0.05), made explicit
 OLD = ({"dropout": 0.3}, {"item_id_dropout": 0.05})
 VARIANTS = {
@@ -46,8 +45,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/screen15.jsonl"))
     a = p.parse_args()
     torch.set_num_threads(1)
-    kind = "ml-100k" if a.dataset == "ml-100k" else "generic"
-    ds = load_dataset(kind, str(DATA / a.dataset))
+    kind, ds = shared_dataset(a.dataset)
     for name in a.variants:
         run_kw, train_kw = VARIANTS[name]
         cfg = replace(RunConfig(dataset=kind, threads=1, members=1, **run_kw))
