@@ -48,18 +48,26 @@ class ItemIndex:
     item_ids: list[str]  # external id per internal id (removed and replaced rows included)
 
     def __init__(self, snapshot: Snapshot, *, exclusion: str = "auto"):
-        self._snap = snapshot
+        self._section = snapshot.section
         self._index = snapshot.index
         self._vectors = snapshot.vectors
-        self._items = snapshot.items
         self.spec: IndexSpec = snapshot.spec
         self.kind = self.spec.kind
         self.dim = snapshot.dim
         self.version = int(snapshot.section.get("version", 0))
         self.normalized = snapshot.normalized
-        self.item_ids = [it["id"] for it in snapshot.items]
-        self._active = np.fromiter((it["active"] for it in self._items), bool, len(self._items))
-        self._by_external = {it["id"]: i for i, it in enumerate(self._items) if it["active"]}
+        # The catalog is kept as columns, not as items.json's per-item dicts (their
+        # features are a writer's business): at a million items the dicts were most of a
+        # serving worker's private memory. Genre lists are shared between items.
+        items = snapshot.items
+        self.item_ids = [it["id"] for it in items]
+        self._titles = [it.get("title", "") for it in items]
+        shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._genres = [
+            shared.setdefault(g, g) for g in (tuple(it.get("genres") or ()) for it in items)
+        ]
+        self._active = np.fromiter((it["active"] for it in items), bool, len(items))
+        self._by_external = {it["id"]: i for i, it in enumerate(items) if it["active"]}
         self._tombstones = snapshot.tombstones()
         self._ntotal = int(self._index.ntotal)
         self._norms: np.ndarray | None = None
@@ -142,7 +150,7 @@ class ItemIndex:
     @property
     def section(self) -> dict:
         """The manifest's index section this version was loaded from."""
-        return self._snap.section
+        return self._section
 
     def internal_id(self, external: str) -> int:
         """The internal id serving ``external``; ``UnknownItemError`` if unknown or removed."""
@@ -159,23 +167,23 @@ class ItemIndex:
 
     def metadata(self, internal: int) -> dict:
         """``{id, title, genres}`` of an internal id (removed items included)."""
-        item = self._items[self._check_internal(internal)]
-        return {"id": item["id"], "title": item.get("title", ""), "genres": item.get("genres", [])}
+        i = self._check_internal(internal)
+        return {"id": self.item_ids[i], "title": self._titles[i], "genres": list(self._genres[i])}
 
     def vectors(self, internal_ids: np.ndarray) -> np.ndarray:
         """Raw item-tower vectors float32 [n, d] (never normalised)."""
         ids = np.asarray(internal_ids, dtype=np.int64).reshape(-1)
-        bad = ids[(ids < 0) | (ids >= len(self._items))]
+        bad = ids[(ids < 0) | (ids >= len(self.item_ids))]
         if len(bad):
             self._check_internal(int(bad[0]))
         return np.asarray(self._vectors[ids], dtype=np.float32)
 
     def _check_internal(self, internal: int) -> int:
-        if not 0 <= internal < len(self._items):
+        if not 0 <= internal < len(self.item_ids):
             raise UnknownItemError(
                 internal,
                 f"no internal item id {internal} (index v{self.version:04d} has "
-                f"{len(self._items)})",
+                f"{len(self.item_ids)})",
             )
         return int(internal)
 
@@ -244,7 +252,7 @@ class ItemIndex:
             return [set()] * n
         if len(exclude) != n:
             raise ValueError(f"exclude has {len(exclude)} sets for {n} queries")
-        size, out = len(self._items), []
+        size, out = len(self.item_ids), []
         for ids in exclude:
             banned = ids if isinstance(ids, set | frozenset) else set(ids)
             if banned and (min(banned) < 0 or max(banned) >= size):

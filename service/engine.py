@@ -144,20 +144,20 @@ class Engine:
         self.active_count = len(self._internal)
         base = previous if previous is not None and self._extends(previous) else None
         start = base.n_items if base is not None else 0
-        added = [self._metadata(i) for i in range(start, self.n_items)]
+        added = [self.index.metadata(i) for i in range(start, self.n_items)]  # this call only
         if base is not None:
-            self._meta: list[dict[str, Any]] = base._meta + added
             self.fragments = base.fragments.extended(added)
             self.genres: dict[str, np.ndarray] = {}
             for g, mask in base.genres.items():  # new arrays: the old engine keeps its own
                 self.genres[g] = np.zeros(self.n_items, dtype=bool)
                 self.genres[g][: len(mask)] = mask
         else:
-            self._meta, self.fragments, self.genres = added, ItemFragments(added), {}
+            self.fragments, self.genres = ItemFragments(added), {}
         rows: dict[str, list[int]] = {}
-        for i in range(start, self.n_items):
-            for g in self._meta[i]["genres"]:
+        for i, meta in enumerate(added, start):
+            for g in meta["genres"]:
                 rows.setdefault(g, []).append(i)
+        del added
         for g, internal in rows.items():
             if g not in self.genres:
                 self.genres[g] = np.zeros(self.n_items, dtype=bool)
@@ -206,20 +206,13 @@ class Engine:
         return new
 
     # --- catalog ------------------------------------------------------------------------
-    def _metadata(self, i: int) -> dict[str, Any]:
-        meta = self.index.metadata(i)
-        return {
-            "id": self.item_ids[i],
-            "title": meta.get("title"),
-            "genres": list(meta.get("genres") or []),
-        }
-
     def internal(self, item_id: str) -> int | None:
         """Internal id of an active catalog item, None for unknown / removed ids."""
         return self._internal.get(item_id)
 
     def item(self, i: int) -> dict[str, Any]:
-        return self._meta[i]
+        """``{id, title, genres}`` of internal id ``i`` (a new dict each call)."""
+        return self.index.metadata(i)
 
     def is_active(self, i: int) -> bool:
         return bool(self._active_mask[i])

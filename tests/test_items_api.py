@@ -394,7 +394,7 @@ def derived(engine) -> dict:
     """What an engine derives from its index version, comparable across engines."""
     return {
         "item_ids": list(engine.item_ids),
-        "meta": engine._meta,
+        "meta": [engine.item(i) for i in range(engine.n_items)],
         "fragments": engine.fragments.items(range(engine.n_items), None),
         "genres": {g: mask.tolist() for g, mask in engine.genres.items() if mask.any()},
         "active": engine._active_mask.tolist(),
@@ -428,7 +428,7 @@ async def test_an_index_swap_derives_what_a_full_load_derives(private_root):
             r = await client.request(method, path, json=body)
             assert r.status_code in (200, 201), r.text
             swapped = runtime.engine
-            assert swapped._meta[0] is previous._meta[0]  # the incremental path was taken
+            assert swapped.fragments._heads[0] is previous.fragments._heads[0]  # incremental
             assert derived(swapped) == derived(Engine(swapped.path)), (method, path)
         user = runtime.engine.user(users[0]["id"])
         assert runtime.engine.internal(seen) in user[2]  # history follows the replacement
@@ -436,6 +436,6 @@ async def test_an_index_swap_derives_what_a_full_load_derives(private_root):
         build_index(private_root / "current")  # a full rebuild: rows start afresh
         previous = runtime.engine
         assert await runtime.refresh_index()
-        assert runtime.engine._meta[0] is not previous._meta[0]
+        assert runtime.engine.fragments._heads[0] is not previous.fragments._heads[0]
         assert derived(runtime.engine) == derived(Engine(runtime.engine.path))
         assert runtime.engine.internal("swap-2") is None
