@@ -106,6 +106,12 @@ def fmt(x: float | None, spec: str = ".4f") -> str:
     return "" if x is None else format(x, spec)
 
 
+def epochs(tower: dict) -> str:
+    """Each member's early-stopped epochs, plus the refit epochs on train + validation."""
+    trained = ",".join(map(str, tower["epochs"]))
+    return f"{trained} + {tower['refit_epochs']}" if tower.get("refit_epochs") else trained
+
+
 def table(runs: dict[str, dict]) -> str:
     head = (
         "| dataset | model | valid HR@10 | valid NDCG@10 | test HR@10 | test NDCG@10 "
@@ -126,7 +132,7 @@ def table(runs: dict[str, dict]) -> str:
                 f"**{label}**" if tower else label,
                 *(fmt(m[stage][k]) for stage in ("valid", "test") for k in ("HR@10", "NDCG@10")),
                 f"{m['test']['NDCG@10'] / best:.2f}",
-                ",".join(map(str, m["epochs"])) if tower else "",
+                epochs(m) if tower else "",
                 fmt(seconds / 60 if seconds is not None else None, ".1f"),
                 fmt(s["wall_s"] / 60, ".1f") if tower else "",
                 fmt(s["cpu_s"] / 60, ".1f") if tower else "",
@@ -217,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
                 "Leave-one-out by time (the last item is the test target, the one before "
                 "it validation), full ranking over every item with the user's earlier "
                 "items excluded; validation picks every setting, test is reported once. "
+                "Validation rows score the towers as early stopping kept them; test "
+                "rows score the served towers, trained the `+ N` refit epochs more on "
+                "train + validation, as every baseline is refit on both before test. "
                 "The tower row is the served model; `× best baseline` is test NDCG@10 "
                 "over the best baseline's in the same run; `train min` is the towers' "
                 "training (baselines: fitting), `wall` / `CPU min` the whole command.",
