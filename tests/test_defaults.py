@@ -34,7 +34,7 @@ def test_a_small_catalog_with_long_histories_gets_the_full_softmax_and_an_ensemb
         "patience": 6,
         "members": 2,
         "item_id_dropout": defaults.ITEM_ID_DROPOUT,
-        "refit_epochs": defaults.REFIT_EPOCHS,
+        "refit_epochs": 1,
     }
 
 
@@ -88,7 +88,18 @@ def test_resolve_fills_only_what_the_user_left_unset_and_says_what_it_derived():
     assert got.derived == {
         "patience": 4,
         "item_id_dropout": 0.0,
-        "refit_epochs": defaults.REFIT_EPOCHS,
+        "refit_epochs": 2,  # 2 passes x the user's 7 epochs x 15 % new positions
     }
     assert got.train.patience == 4
     assert resolve(got, BEAUTY) == got  # idempotent
+
+
+def test_the_refit_lasts_in_proportion_to_the_positions_it_adds():
+    # amazon-beauty: one validation item per user is 15 % of the training positions
+    beauty = replace(BEAUTY, evaluated=BEAUTY.n_users)
+    share = beauty.n_users / beauty.positions
+    assert derive(beauty)["refit_epochs"] == round(defaults.REFIT_PASSES * 32 * share) == 9
+    assert derive(ML100K)["refit_epochs"] == 1  # 1 % new positions: one epoch
+    assert derive(ML20M)["refit_epochs"] == 1
+    assert derive(beauty, epochs=64)["refit_epochs"] == 19  # a share of the user's budget
+    assert derive(replace(beauty, evaluated=beauty.n_users // 2))["refit_epochs"] == 5

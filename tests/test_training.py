@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import SYNTHETIC_ARGS
 
-from training import bundle
+from training import bundle, defaults
 from training.model import feature_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,7 +360,11 @@ def test_label_smoothing_and_features_loss_through_the_cli(tmp_path):
     assert train_cfg["mask_seen"] is False
     # what the command line left unset was derived from the data, and says so
     config = bundle.read_manifest(bundle.resolve(tmp_path))["config"]
-    assert config["derived"] == {"loss": "full", "item_id_dropout": 0.05, "refit_epochs": 2}
+    from training.data import load_dataset
+
+    shape = defaults.DataShape.of(load_dataset("synthetic"))
+    refit = defaults.refit_epochs(shape, 40)  # of --epochs 40
+    assert config["derived"] == {"loss": "full", "item_id_dropout": 0.05, "refit_epochs": refit}
     assert train_cfg["loss"] == "full" and train_cfg["epochs"] == 40
     models = bundle.load_json(tmp_path, bundle.REPORT_JSON)["models"]
     pop = models["popularity"]["test"]["NDCG@10"]

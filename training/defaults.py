@@ -32,6 +32,22 @@ amazon-sports together (docs/BENCHMARKS.md "Quality" lists the runs). What it re
   (epochs 1-4) 0.0077, 0.0106, 0.0145, 0.0171 vs 0.0075, 0.0102, 0.0138, 0.0161.
   ML-100K has item features: its setting is unchanged.
 
+- **refit_epochs**: early stopping needs each user's validation item, so the tower it
+  keeps never learned from the newest interaction of any user, while every baseline is
+  refit with it before test. The kept towers are therefore trained ``refit_epochs`` more
+  on train + validation, and those are served and tested (validation is scored before).
+  The count was chosen on validation alone, by running the same procedure one item
+  earlier (``training.split.shift_back``: early stopping on each user's last training
+  item, refit on the training items, scored on the real validation items;
+  bench/refit15.py, docs/BENCHMARKS.md "Quality"). The refit adds one training position
+  per evaluated user, 15 % of amazon-beauty's and amazon-sports' positions but 1 % of
+  ML-100K's, and that share is what it depends on: on the Amazon sets every refit epoch
+  helped, fast at first (beauty 0.0466 before, 0.0550 after 6 epochs, 0.0565 after 9;
+  sports 0.0230, 0.0290 after 6), on ML-100K it neither helped nor hurt (0.1304 before,
+  0.1298-0.1325 over 1-10 epochs). So it lasts ``REFIT_PASSES`` x (that share) x the
+  epoch budget, at least 1: amazon-beauty 10 epochs, amazon-sports 7, ML-100K 1, a
+  20M-interaction log 1; what it adds to the training cost is that share, doubled.
+
 Not derived: the towers' dropout stays 0.3 on every shape. SASRec's authors use 0.5 on
 the Amazon sets, but within this loop's epoch budget 0.5 learned much more slowly
 (amazon-beauty validation NDCG@10 after 4 epochs 0.0146 vs 0.0238), so a short-history
@@ -59,7 +75,7 @@ POSITION_PASSES = 5_000_000
 MIN_EPOCHS, MAX_EPOCHS = 2, 200
 ENSEMBLE_MAX_WORK = 10e9
 ITEM_ID_DROPOUT = 0.05
-REFIT_EPOCHS = 2
+REFIT_PASSES = 2.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class DataShape:
     positions: int  # interactions minus each evaluated user's validation and test item
     median_history: float  # median training items per user with any
     item_features: bool = False  # the catalog has item feature columns
+    evaluated: int | None = None  # users with a validation item (None: every user)
 
     @classmethod
     def of(cls, ds: Dataset) -> DataShape:
@@ -84,24 +101,38 @@ class DataShape:
             positions=int(train.sum()),
             median_history=float(np.median(train[train > 0])) if (train > 0).any() else 0.0,
             item_features=bool(ds.item_columns),
+            evaluated=int((per_user >= 3).sum()),
         )
 
 
-def derive(shape: DataShape, uniform_negatives: int = 2048) -> dict[str, object]:
-    """The derived value of every data-dependent setting (see the module docstring)."""
+def derive(
+    shape: DataShape, uniform_negatives: int = 2048, epochs: int | None = None
+) -> dict[str, object]:
+    """The derived value of every data-dependent setting (see the module docstring);
+    ``epochs``, when the user set it, is the budget the refit is a share of."""
     loss = "full" if shape.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
-    epochs = max(MIN_EPOCHS, min(MAX_EPOCHS, round(POSITION_PASSES / max(shape.positions, 1))))
+    derived_epochs = round(POSITION_PASSES / max(shape.positions, 1))
+    derived_epochs = max(MIN_EPOCHS, min(MAX_EPOCHS, derived_epochs))
     # sampled: the uniform negatives plus about half as many in-batch targets (amazon-beauty)
     candidates = shape.n_items if loss == "full" else 1.5 * uniform_negatives
-    work = epochs * shape.positions * candidates
+    work = derived_epochs * shape.positions * candidates
     return {
         "loss": loss,
-        "epochs": epochs,
-        "patience": max(3, math.ceil(epochs / 10)),
+        "epochs": derived_epochs,
+        "patience": max(3, math.ceil(derived_epochs / 10)),
         "members": 2 if work <= ENSEMBLE_MAX_WORK else 1,
         "item_id_dropout": ITEM_ID_DROPOUT if shape.item_features else 0.0,
-        "refit_epochs": REFIT_EPOCHS,
+        "refit_epochs": refit_epochs(shape, epochs or derived_epochs),
     }
+
+
+def refit_epochs(shape: DataShape, epochs: int) -> int:
+    """Epochs on train + validation after early stopping: the refit adds one position per
+    evaluated user, and lasts ``REFIT_PASSES`` times that share of the epoch budget."""
+    added = (shape.n_users if shape.evaluated is None else shape.evaluated) / max(
+        shape.positions, 1
+    )
+    return max(1, round(REFIT_PASSES * epochs * added))
 
 
 RUN_FIELDS = ("members",)
@@ -111,7 +142,7 @@ TRAIN_FIELDS = ("loss", "epochs", "patience", "item_id_dropout", "refit_epochs")
 def resolve(cfg: RunConfig, shape: DataShape) -> RunConfig:
     """``cfg`` with every unset (None, or ``loss="auto"``) data-dependent setting derived
     from ``shape``; ``cfg.derived`` names what was derived, and the bundle records both."""
-    derived = derive(shape, cfg.train.uniform_negatives)
+    derived = derive(shape, cfg.train.uniform_negatives, cfg.train.epochs)
     unset = {k for k in RUN_FIELDS if getattr(cfg, k) is None}
     unset |= {k for k in TRAIN_FIELDS if getattr(cfg.train, k) in (None, "auto")}
     chosen = {k: v for k, v in derived.items() if k in unset}
