@@ -54,11 +54,14 @@ class RunConfig:
         return asdict(self)
 
     def digest(self, *, resumable: bool = False) -> str:
-        """Identifies the configuration; ``resumable`` leaves out ``epochs`` so that a run
-        can be resumed with a larger epoch budget."""
+        """Identifies the configuration; ``resumable`` leaves out ``epochs`` (and the
+        refit, which follows it and comes after the checkpointed loop) so that a run can
+        be resumed with a larger epoch budget."""
         data = self.to_dict()
         if resumable:
-            data["train"].pop("epochs")
+            for name in ("epochs", "refit_epochs"):
+                data["train"].pop(name)
+                data["derived"].pop(name, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
