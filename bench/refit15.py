@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench._common import shared_dataset
@@ -70,8 +71,7 @@ def main() -> None:
             "dataset": a.dataset,
             "seed": a.seed,
             "epochs_trained": len(history.epoch),
-            "best_epoch": int(max(range(len(history.epoch)), key=history.valid_ndcg10.__getitem__))
-            + 1,
+            "best_epoch": int(np.argmax(history.valid_ndcg10)) + 1,
             "refit_epoch": epoch,
             "ndcg10": round(metrics["NDCG@10"], 4),
             "hr10": round(metrics["HR@10"], 4),

@@ -144,7 +144,7 @@ class Engine:
         self.active_count = len(self._internal)
         base = previous if previous is not None and self._extends(previous) else None
         start = base.n_items if base is not None else 0
-        added = [self.index.metadata(i) for i in range(start, self.n_items)]  # this call only
+        added = [self.index.metadata(i) for i in range(start, self.n_items)]
         if base is not None:
             self.fragments = base.fragments.extended(added)
             self.genres: dict[str, np.ndarray] = {}
@@ -157,7 +157,6 @@ class Engine:
         for i, meta in enumerate(added, start):
             for g in meta["genres"]:
                 rows.setdefault(g, []).append(i)
-        del added
         for g, internal in rows.items():
             if g not in self.genres:
                 self.genres[g] = np.zeros(self.n_items, dtype=bool)

@@ -106,14 +106,21 @@ def test_kustomization_lists_every_manifest_and_nothing_this_renderer_ignores():
     assert sorted(k["resources"]) == sorted(on_disk)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-def test_render_matches_kubectl_kustomize():
+def by_name(objects: list[dict]) -> list[dict]:
+    return sorted(objects, key=lambda o: (o["kind"], o["metadata"]["name"]))
+
+
+def kubectl_kustomize(directory: Path) -> list[dict]:
     out = subprocess.run(
-        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
-    assert sorted(yaml.safe_load_all(out.stdout), key=key) == sorted(OBJECTS, key=key)
+    return list(yaml.safe_load_all(out.stdout))
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_render_matches_kubectl_kustomize():
+    assert by_name(kubectl_kustomize(K8S)) == by_name(OBJECTS)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -216,13 +223,7 @@ def test_item_api_overlay_only_makes_the_bundle_writable_in_the_api_pods():
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_overlay_render_matches_kubectl_kustomize():
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(ITEM_API)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
-    expected = render_overlay(ITEM_API)
-    assert sorted(yaml.safe_load_all(out.stdout), key=key) == sorted(expected, key=key)
+    assert by_name(kubectl_kustomize(ITEM_API)) == by_name(render_overlay(ITEM_API))
 
 
 # -- the API against the image and the service --------------------------------------

@@ -135,9 +135,11 @@ class Run:
             trainer = Trainer(model, self.split, self.item_feats, self.user_feats, train_cfg)
             ckpt = checkpoint.with_stem(f"{checkpoint.stem}-{m}") if checkpoint else None
             histories.append(trainer.fit(self.valid_metrics, progress=progress, checkpoint=ckpt))
-            validated.append(copy.deepcopy(model))
-            if train_cfg.refit_epochs:
+            if train_cfg.refit_epochs:  # keep the early-stopped weights for validation
+                validated.append(copy.deepcopy(model))
                 trainer.refit(self.split.history("test"), train_cfg.refit_epochs, progress=progress)
+            else:
+                validated.append(model)
             refit.append(model)
         return Trained(
             validated=TwoTower.ensemble(validated).eval(),
